@@ -1,0 +1,126 @@
+"""Pydantic parameter models: the one place where run options are declared and documented.
+
+Prefect builds the deployment's parameter form from these models, and the CLI maps its flags onto
+them, so every field has a description. Models are frozen (hashable, safe to share between tasks)
+and reject unknown keys.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = (
+    "SENSOR_DEFAULTS",
+    "DetectConfig",
+    "PreprocessConfig",
+    "Sensor",
+)
+
+Sensor = Literal["optical", "sar"]
+
+_THRESHOLD_RE = re.compile(r"^(otsu|value:[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)$")
+
+
+class PreprocessConfig(BaseModel):
+    """Per-pixel preparation of both dates before features are extracted."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    log_transform: bool = Field(
+        False,
+        description=(
+            "Work on log(1 + value) of each band. For SAR amplitude this turns multiplicative "
+            "speckle into additive noise and the band difference into the log-ratio."
+        ),
+    )
+    smoothing_sigma: float = Field(
+        0.0,
+        ge=0.0,
+        le=8.0,
+        description=(
+            "Standard deviation in pixels of a mask-aware Gaussian filter applied to both dates "
+            "(0 = off). Suppresses noise and speckle; nodata never leaks into valid pixels."
+        ),
+    )
+
+
+SENSOR_DEFAULTS: dict[str, PreprocessConfig] = {
+    "optical": PreprocessConfig(log_transform=False, smoothing_sigma=0.0),
+    "sar": PreprocessConfig(log_transform=True, smoothing_sigma=1.5),
+}
+
+
+class DetectConfig(BaseModel):
+    """Parameters of one change-detection run.
+
+    Fields left at ``None`` take the default of the sensor family chosen with ``sensor``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sensor: Sensor = Field(
+        "optical",
+        description="Sensor family whose defaults apply: 'optical' (multispectral/RGB) or 'sar'.",
+    )
+    method: str = Field(
+        "cva",
+        description="Change detection method by name (see `microchange detect --help`).",
+    )
+    threshold: str = Field(
+        "otsu",
+        description=(
+            "How scores become a change mask: 'otsu' (fitted on the global sample) or "
+            "'value:X' for a fixed score threshold X."
+        ),
+    )
+    tile_size: int = Field(
+        512,
+        ge=32,
+        le=8192,
+        description="Side of the square processing tiles in pixels; results do not depend on it.",
+    )
+    bands: tuple[int, ...] | None = Field(
+        None,
+        description="1-based band indexes to use from both inputs (default: all bands).",
+    )
+    preprocess: PreprocessConfig | None = Field(
+        None,
+        description="Preprocessing options; None uses the defaults of the sensor family.",
+    )
+    sample_pixels: int = Field(
+        1_000_000,
+        ge=10_000,
+        le=50_000_000,
+        description=(
+            "Pixels in the global sample used to fit statistics, the scorer and the threshold "
+            "(spread over the whole raster; smaller rasters are used whole)."
+        ),
+    )
+    seed: int = Field(0, ge=0, description="Seed of the global sample (same seed, same result).")
+
+    @field_validator("threshold")
+    @classmethod
+    def _check_threshold(cls, value: str) -> str:
+        if not _THRESHOLD_RE.match(value):
+            raise ValueError(
+                f"invalid threshold {value!r}: use 'otsu' or 'value:X' with a number X "
+                "(e.g. 'value:2.5')"
+            )
+        return value
+
+    @field_validator("bands")
+    @classmethod
+    def _check_bands(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("bands is empty: give at least one 1-based band index, or None")
+            if min(value) < 1:
+                raise ValueError(f"bands {value!r}: indexes are 1-based (the first band is 1)")
+        return value
+
+    def resolved_preprocess(self) -> PreprocessConfig:
+        """The preprocessing options in force: explicit ones, else the sensor family's."""
+        return self.preprocess if self.preprocess is not None else SENSOR_DEFAULTS[self.sensor]

@@ -1,0 +1,140 @@
+"""A detector = preprocessing + feature extractor + scorer, built from a method name.
+
+The pipeline only talks to :class:`Detector`: ``fit`` on blocks sampled over the whole raster,
+``score`` tile by tile, ``save``/``load`` to move the fitted state between stages as one file.
+New methods register a factory in :data:`METHODS`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from microchange.config import DetectConfig, PreprocessConfig
+from microchange.errors import UnknownMethodError
+from microchange.features.bands import BandFeatures
+from microchange.features.base import FeatureExtractor, FeatureSample
+from microchange.io.rasters import TileArrays
+from microchange.preprocess import preprocess_halo, preprocess_image
+from microchange.scoring.base import Scorer
+from microchange.scoring.distance import CvaScorer
+from microchange.tiling import crop_core
+
+__all__ = ("METHODS", "Detector", "build_detector", "method_names")
+
+
+class Detector:
+    """Scores change per pixel for tiles of a pair.
+
+    Args:
+        method: Registered method name (recorded in the saved state).
+        preprocess: Per-pixel preparation of both dates.
+        extractor: Feature extractor.
+        scorer: Scorer fitted on the global sample.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        preprocess: PreprocessConfig,
+        extractor: FeatureExtractor,
+        scorer: Scorer,
+    ) -> None:
+        self.method = method
+        self.preprocess = preprocess
+        self.extractor = extractor
+        self.scorer = scorer
+
+    @property
+    def halo(self) -> int:
+        """Context pixels a tile needs on each side: the sum over all stages."""
+        return preprocess_halo(self.preprocess) + self.extractor.halo + self.scorer.halo
+
+    def _prepare(self, tile: TileArrays) -> FeatureSample:
+        return FeatureSample(
+            preprocess_image(tile.before, tile.valid, self.preprocess),
+            preprocess_image(tile.after, tile.valid, self.preprocess),
+            tile.valid,
+            tile.halo,
+        )
+
+    def fit(self, samples: Sequence[TileArrays]) -> NDArray[np.float32]:
+        """Fit the extractor and the scorer on sample blocks from the whole raster.
+
+        Args:
+            samples: Blocks (core + halo of at least :attr:`halo`) spread over the raster.
+
+        Returns:
+            1-D float32 scores of the valid core pixels of all samples (to fit a threshold).
+        """
+        prepared = [self._prepare(s) for s in samples]
+        self.extractor.fit(prepared)
+        features = [self.extractor.extract(p) for p in prepared]
+        del prepared
+        self.scorer.fit(features)
+        scores = []
+        for f in features:
+            s = crop_core(self.scorer.score(f), f.halo)
+            v = crop_core(f.valid, f.halo)
+            scores.append(s[v])
+        return np.concatenate(scores).astype(np.float32, copy=False)
+
+    def score(self, tile: TileArrays) -> NDArray[np.float32]:
+        """(H, W) float32 scores of a tile's core; NaN where the pixel is invalid."""
+        features = self.extractor.extract(self._prepare(tile))
+        score = crop_core(self.scorer.score(features), tile.halo).astype(np.float32)
+        score[~crop_core(tile.valid, tile.halo)] = np.nan
+        return score  # type: ignore[return-value]
+
+    def save(self, path: str | Path) -> None:
+        """Write the fitted state to ``path`` (.npz, no pickle)."""
+        arrays: dict[str, NDArray[np.generic]] = {}
+        for prefix, part in (("extractor", self.extractor), ("scorer", self.scorer)):
+            for key, value in part.state().items():
+                arrays[f"{prefix}/{key}"] = np.asarray(value)
+        meta = {"method": self.method, "preprocess": self.preprocess.model_dump()}
+        arrays["meta"] = np.array(json.dumps(meta))
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+
+    def load_state(self, path: str | Path) -> None:
+        """Restore the fitted state written by :meth:`save` into this detector."""
+        with np.load(path, allow_pickle=False) as data:
+            for prefix, part in (("extractor", self.extractor), ("scorer", self.scorer)):
+                part.load_state(
+                    {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(prefix + "/")}
+                )
+
+
+def _cva(config: DetectConfig) -> Detector:
+    return Detector("cva", config.resolved_preprocess(), BandFeatures(), CvaScorer())
+
+
+METHODS: dict[str, Callable[[DetectConfig], Detector]] = {
+    "cva": _cva,
+}
+"""Method name -> factory building an unfitted :class:`Detector` from a config."""
+
+
+def method_names() -> tuple[str, ...]:
+    """Names accepted by ``--method``."""
+    return tuple(sorted(METHODS))
+
+
+def build_detector(config: DetectConfig) -> Detector:
+    """Build the unfitted detector of ``config.method``.
+
+    Raises:
+        UnknownMethodError: If the method is not registered; the message lists the names.
+    """
+    try:
+        factory = METHODS[config.method]
+    except KeyError:
+        raise UnknownMethodError(
+            f"unknown method {config.method!r}: choose one of {', '.join(method_names())}"
+        ) from None
+    return factory(config)

@@ -1,0 +1,65 @@
+"""One error hierarchy for microchange.
+
+Every error raised for bad input derives from :class:`MicrochangeError` *and* from the matching
+builtin, so callers may catch either (``except ValueError`` keeps working). The CLI maps
+:class:`InputError` subclasses to exit code 2 and prints only the message, which always names the
+offending file or value and says how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = (
+    "BandMismatchError",
+    "ConfigError",
+    "GridMismatchError",
+    "InputError",
+    "MicrochangeError",
+    "MissingCRSError",
+    "NoOverlapError",
+    "OutputError",
+    "RasterReadError",
+    "UnknownMethodError",
+)
+
+
+class MicrochangeError(Exception):
+    """Root of all microchange errors."""
+
+
+class InputError(MicrochangeError, ValueError):
+    """Bad input given by the user: a file, a value or an option (CLI exit code 2)."""
+
+
+class RasterReadError(InputError, OSError):
+    """A raster cannot be opened or read (missing file, unsupported format, corrupt data)."""
+
+
+class BandMismatchError(InputError):
+    """BEFORE and AFTER do not have the same bands, or a band selection is out of range."""
+
+
+class GridMismatchError(InputError):
+    """BEFORE and AFTER cannot be put on one pixel grid."""
+
+
+class MissingCRSError(GridMismatchError):
+    """One input is georeferenced and the other is not."""
+
+
+class NoOverlapError(GridMismatchError):
+    """BEFORE and AFTER footprints do not overlap, or no valid pixel is left."""
+
+
+class ConfigError(InputError):
+    """A configuration value is invalid."""
+
+
+class UnknownMethodError(ConfigError, KeyError):
+    """A method, scorer or threshold name is not registered."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly.
+        return str(self.args[0]) if self.args else ""
+
+
+class OutputError(MicrochangeError, OSError):
+    """Outputs cannot be written (directory not writable, disk full)."""

@@ -1,0 +1,1 @@
+"""The only modules that open files: rasters, GeoParquet tables and the run manifest."""

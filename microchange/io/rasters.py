@@ -1,0 +1,330 @@
+"""Open BEFORE/AFTER rasters on one pixel grid and read them window by window.
+
+The BEFORE raster defines the output grid (CRS, transform, size). If AFTER differs in CRS,
+resolution or extent it is resampled onto that grid through a :class:`rasterio.vrt.WarpedVRT`,
+window by window; pixels outside AFTER's footprint are invalid. Nodata values, internal masks,
+alpha bands and non-finite floats all become ``valid == False``, and invalid pixels are never
+reported as changed. Nothing ever reads a whole raster.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeAlias
+
+import numpy as np
+import rasterio
+from affine import Affine
+from numpy.typing import NDArray
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from microchange.errors import (
+    BandMismatchError,
+    GridMismatchError,
+    MissingCRSError,
+    NoOverlapError,
+    RasterReadError,
+)
+from microchange.tiling import Tile, pad_to_halo
+
+__all__ = ("Grid", "PairReader", "PathLike", "TileArrays", "open_raster")
+
+PathLike: TypeAlias = str | os.PathLike[str]
+
+_FORMATS_HINT = "give a GDAL-readable raster (GeoTIFF/COG, ENVI with its .hdr, PNG, BMP, JPEG ...)"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The pixel grid of the outputs (that of BEFORE).
+
+    Attributes:
+        height: Rows.
+        width: Columns.
+        transform: Affine coefficients (a, b, c, d, e, f) of pixel -> CRS coordinates.
+        crs_wkt: CRS as WKT, or None for a plain pixel grid.
+    """
+
+    height: int
+    width: int
+    transform: tuple[float, float, float, float, float, float]
+    crs_wkt: str | None
+
+    @property
+    def affine(self) -> Affine:
+        """The transform as an :class:`affine.Affine`."""
+        return Affine(*self.transform)
+
+    @property
+    def crs(self) -> CRS | None:
+        """The CRS as a :class:`rasterio.crs.CRS`, or None."""
+        return CRS.from_wkt(self.crs_wkt) if self.crs_wkt else None
+
+    @property
+    def georeferenced(self) -> bool:
+        """True when the grid has a CRS."""
+        return self.crs_wkt is not None
+
+    def window_transform(self, row_off: int, col_off: int) -> Affine:
+        """Transform of a window whose top-left pixel is (row_off, col_off)."""
+        return self.affine * Affine.translation(col_off, row_off)
+
+
+@dataclass
+class TileArrays:
+    """Both dates of one tile (core + halo), as float32, on the BEFORE grid.
+
+    Attributes:
+        before: (C, H, W) float32 values at t0; invalid pixels hold 0.
+        after: (C, H, W) float32 values at t1; invalid pixels hold 0.
+        valid: (H, W) bool, True where both dates hold data.
+        halo: Context pixels on each side around the core.
+    """
+
+    before: NDArray[np.float32]
+    after: NDArray[np.float32]
+    valid: NDArray[np.bool_]
+    halo: int
+
+
+def _is_georeferenced(ds: Any) -> bool:
+    return ds.crs is not None or not ds.transform.almost_equals(Affine.identity())
+
+
+def open_raster(path: PathLike, *, role: str = "raster") -> Any:
+    """Open a raster with rasterio, turning failures into a clear :class:`RasterReadError`.
+
+    Args:
+        path: File to open.
+        role: Name used in messages ('BEFORE', 'AFTER', 'truth').
+
+    Returns:
+        An open ``rasterio.DatasetReader``.
+
+    Raises:
+        RasterReadError: If the file is missing or GDAL cannot read it.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise RasterReadError(f"{role} raster {str(path)!r} does not exist: check the path")
+    if p.is_dir():
+        raise RasterReadError(
+            f"{role} raster {str(path)!r} is a directory: {_FORMATS_HINT}"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(p)
+    except RasterioIOError as exc:
+        raise RasterReadError(
+            f"cannot read {role} raster {str(path)!r} ({exc}): {_FORMATS_HINT}"
+        ) from exc
+
+
+class PairReader:
+    """Reads windows of BEFORE and AFTER on BEFORE's grid.
+
+    Args:
+        before: Raster at t0; defines the output grid.
+        after: Raster at t1; resampled onto BEFORE's grid if its grid differs.
+        bands: 1-based band indexes used from both rasters (default: all).
+
+    Raises:
+        RasterReadError: If a file cannot be read.
+        BandMismatchError: If band counts differ and no selection is given, or a band is missing.
+        MissingCRSError: If exactly one of the rasters is georeferenced.
+        GridMismatchError: If two non-georeferenced rasters differ in size.
+        NoOverlapError: If the footprints do not overlap.
+    """
+
+    def __init__(
+        self, before: PathLike, after: PathLike, *, bands: tuple[int, ...] | None = None
+    ) -> None:
+        self.before_path = str(before)
+        self.after_path = str(after)
+        self._before = open_raster(before, role="BEFORE")
+        try:
+            self._after_src = open_raster(after, role="AFTER")
+        except Exception:
+            self._before.close()
+            raise
+        self._after: Any = self._after_src
+        self._alpha: int | None = None
+        self.warnings: list[str] = []
+        try:
+            self.bands = self._check_bands(bands)
+            self.alignment = self._align()
+        except Exception:
+            self.close()
+            raise
+        b = self._before
+        crs_wkt = b.crs.to_wkt() if b.crs is not None else None
+        self.grid = Grid(b.height, b.width, tuple(b.transform)[:6], crs_wkt)  # type: ignore[arg-type]
+        self.dtypes = (b.dtypes[0], self._after_src.dtypes[0])
+
+    # -- checks ------------------------------------------------------------------------------
+    def _check_bands(self, bands: tuple[int, ...] | None) -> tuple[int, ...]:
+        nb, na = self._before.count, self._after_src.count
+        if bands is None:
+            if nb != na:
+                raise BandMismatchError(
+                    f"BEFORE {self.before_path!r} has {nb} bands but AFTER {self.after_path!r} "
+                    f"has {na}: choose common bands with --bands (e.g. --bands 1,2,3)"
+                )
+            return tuple(range(1, nb + 1))
+        for role, path, count in (("BEFORE", self.before_path, nb), ("AFTER", self.after_path, na)):
+            missing = [i for i in bands if i > count]
+            if missing:
+                raise BandMismatchError(
+                    f"band(s) {missing} requested but {role} {path!r} has only {count} bands: "
+                    f"use indexes 1..{count}"
+                )
+        return bands
+
+    def _align(self) -> str:
+        b, a = self._before, self._after_src
+        geo_b, geo_a = _is_georeferenced(b), _is_georeferenced(a)
+        if geo_b != geo_a:
+            yes, no = (self.before_path, self.after_path) if geo_b else (
+                self.after_path, self.before_path)
+            raise MissingCRSError(
+                f"{yes!r} is georeferenced but {no!r} is not: georeference both (e.g. "
+                "gdal_translate -a_srs/-a_ullr) or neither"
+            )
+        if not geo_b:
+            if (b.height, b.width) != (a.height, a.width):
+                raise GridMismatchError(
+                    f"BEFORE {self.before_path!r} is {b.height}x{b.width} px and AFTER "
+                    f"{self.after_path!r} is {a.height}x{a.width} px; without georeference they "
+                    "must have the same size: crop or georeference them"
+                )
+            self.warnings.append(
+                "inputs are not georeferenced: pixels are matched by position and outputs "
+                "are written on a plain pixel grid"
+            )
+            return "pixel-grid"
+        same = (
+            b.crs == a.crs
+            and (b.height, b.width) == (a.height, a.width)
+            and b.transform.almost_equals(a.transform)
+        )
+        if same:
+            return "identical"
+        if b.crs is None or a.crs is None:
+            raise MissingCRSError(
+                f"{self.before_path!r} and {self.after_path!r} have transforms but "
+                "no CRS on one of them: set the CRS of both"
+            )
+        self._check_overlap()
+        self._after = WarpedVRT(
+            a,
+            crs=b.crs,
+            transform=b.transform,
+            width=b.width,
+            height=b.height,
+            resampling=Resampling.bilinear,
+            add_alpha=True,
+        )
+        self._alpha = self._after.count
+        return "resampled"
+
+    def _check_overlap(self) -> None:
+        from rasterio.warp import transform_bounds
+
+        b, a = self._before, self._after_src
+        ab = transform_bounds(a.crs, b.crs, *a.bounds)
+        bb = b.bounds
+        if ab[0] >= bb[2] or ab[2] <= bb[0] or ab[1] >= bb[3] or ab[3] <= bb[1]:
+            raise NoOverlapError(
+                f"AFTER {self.after_path!r} (bounds {tuple(round(v, 3) for v in ab)} in BEFORE's "
+                f"CRS) does not overlap BEFORE {self.before_path!r} (bounds "
+                f"{tuple(round(v, 3) for v in bb)}): check that both cover the same place"
+            )
+
+    # -- reading -----------------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        """Number of bands read from each date."""
+        return len(self.bands)
+
+    def read(self, r0: int, r1: int, c0: int, c1: int) -> TileArrays:
+        """Read rows r0:r1 and columns c0:c1 of both dates (inside the raster, no halo)."""
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        idx = list(self.bands)
+        before = self._before.read(idx, window=window, out_dtype="float32")
+        valid = self._before.dataset_mask(window=window) > 0
+        if self._alpha is not None:
+            stack = self._after.read(idx + [self._alpha], window=window, out_dtype="float32")
+            after, alpha = stack[:-1], stack[-1]
+            valid &= alpha > 0
+            if self._after_src.nodata is not None:
+                valid &= ~np.any(after == np.float32(self._after_src.nodata), axis=0)
+        else:
+            after = self._after.read(idx, window=window, out_dtype="float32")
+            valid &= self._after.dataset_mask(window=window) > 0
+        if before.dtype.kind == "f":
+            valid &= np.isfinite(before).all(axis=0) & np.isfinite(after).all(axis=0)
+        before[:, ~valid] = 0.0
+        after[:, ~valid] = 0.0
+        return TileArrays(before, after, valid, 0)
+
+    def read_tile(self, tile: Tile) -> TileArrays:
+        """Read a tile's core and halo; the halo beyond the raster edge is reflected."""
+        h, w = self.grid.height, self.grid.width
+        r0, r1, c0, c1 = tile.read_bounds(h, w)
+        arrays = self.read(r0, r1, c0, c1)
+        pads = tile.pad_widths(h, w)
+        return TileArrays(
+            pad_to_halo(arrays.before, pads),  # type: ignore[arg-type]
+            pad_to_halo(arrays.after, pads),  # type: ignore[arg-type]
+            pad_to_halo(arrays.valid, pads),  # type: ignore[arg-type]
+            tile.halo,
+        )
+
+    def pixel_area_m2(self) -> float:
+        """Area of one pixel in square metres (NaN without a CRS; approximate for lon/lat)."""
+        g = self.grid
+        crs = g.crs
+        if crs is None:
+            return math.nan
+        a = g.affine
+        area = abs(a.a * a.e - a.b * a.d)
+        if crs.is_geographic:
+            # Area of the central pixel on the WGS84 ellipsoid (good to <0.1% over a scene).
+            from pyproj import Geod
+
+            cx, cy = a * (g.width / 2, g.height / 2)
+            dx, dy = abs(a.a), abs(a.e)
+            geod = Geod(ellps="WGS84")
+            lons = [cx, cx + dx, cx + dx, cx]
+            lats = [cy, cy, cy + dy, cy + dy]
+            return float(abs(geod.polygon_area_perimeter(lons, lats)[0]))
+        return float(area * (crs.linear_units_factor[1] ** 2))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close every open dataset."""
+        if self._after is not self._after_src:
+            self._after.close()
+        self._after_src.close()
+        self._before.close()
+
+    def __enter__(self) -> PairReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

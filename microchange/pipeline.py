@@ -1,0 +1,453 @@
+"""The stages of one detection run, each a plain function that passes paths, not arrays.
+
+``plan_detection`` -> ``fit_detection`` -> ``score_tiles`` (any number of calls, in any process)
+-> ``finalise_detection``. :func:`run_detection` chains them in one process (the CLI); the Prefect
+flow ``flows/detect.py`` wraps each stage in a task. Both produce identical outputs.
+
+Every stage keeps its state in a staging folder ``OUT/.microchange-staging/<run_id>/``: the plan,
+the fitted detector, and one part file per tile. Final outputs are written under temporary names
+and renamed into place only when all of them are complete, so a failed run never leaves a partial
+file under a final name and never touches the outputs of an earlier run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import shapely
+
+from microchange.config import DetectConfig
+from microchange.detector import Detector, build_detector
+from microchange.errors import InputError, MicrochangeError, NoOverlapError, OutputError
+from microchange.io.cog import assemble_cog, read_part, write_part
+from microchange.io.manifest import (
+    file_fingerprint,
+    library_versions,
+    read_json,
+    write_json_atomic,
+)
+from microchange.io.rasters import Grid, PairReader, PathLike, TileArrays
+from microchange.io.tables import write_geoparquet
+from microchange.regions import Regions, extract_regions
+from microchange.sampling import sample_blocks
+from microchange.scoring.thresholds import Threshold, fit_threshold
+from microchange.tiling import Tile, plan_tiles
+
+__all__ = (
+    "OUTPUT_NAMES",
+    "STAGING_DIR",
+    "fit_detection",
+    "finalise_detection",
+    "plan_detection",
+    "run_detection",
+    "score_tiles",
+    "tile_batches",
+)
+
+log = logging.getLogger("microchange")
+
+STAGING_DIR = ".microchange-staging"
+OUTPUT_NAMES = ("change_mask.tif", "change_score.tif", "tiles.parquet", "changes.parquet",
+                "run.json")
+Progress = Callable[[int], None]
+
+
+# -- plan helpers ----------------------------------------------------------------------------
+class _Plan:
+    """Typed view of plan.json."""
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+        self.doc: dict[str, Any] = read_json(self.path)
+        self.staging = self.path.parent
+        self.config = DetectConfig.model_validate(self.doc["config"])
+        g = self.doc["grid"]
+        self.grid = Grid(g["height"], g["width"], tuple(g["transform"]), g["crs_wkt"])  # type: ignore[arg-type]
+        halo = int(self.doc["halo"])
+        self.tiles = [Tile(*t, halo=halo) for t in self.doc["tiles"]]  # type: ignore[misc]
+        self.out = Path(self.doc["out"])
+
+    def reader(self) -> PairReader:
+        return PairReader(self.doc["before"], self.doc["after"], bands=self.config.bands)
+
+    def detector(self) -> Detector:
+        det = build_detector(self.config)
+        det.load_state(self.staging / "model.npz")
+        return det
+
+    def part(self, kind: str, tile_id: int) -> Path:
+        suffix = "json" if kind == "tile" else "tif"
+        return self.staging / "parts" / f"{kind}_{tile_id:06d}.{suffix}"
+
+
+def _input_info(path: str, files: Sequence[str], ds: Any) -> dict[str, Any]:
+    return {
+        "path": str(Path(path).resolve()),
+        "width": ds.width,
+        "height": ds.height,
+        "count": ds.count,
+        "dtype": ds.dtypes[0],
+        "driver": ds.driver,
+        "crs": ds.crs.to_string() if ds.crs else None,
+        "nodata": ds.nodata,
+        "files": [file_fingerprint(f) for f in files],
+    }
+
+
+def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: DetectConfig) -> str:
+    """Stage 1: check both inputs, plan the tile grid and create the staging folder.
+
+    Args:
+        before: Raster at t0; defines the output grid.
+        after: Raster at t1.
+        out: Output folder (created if missing).
+        config: Run parameters.
+
+    Returns:
+        Path of the plan (``plan.json``) that the next stages take.
+
+    Raises:
+        InputError: If an input, the output folder or a parameter is bad (the message says
+            which and how to fix it).
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {str(out)!r} is a file: give a folder for the outputs")
+    detector = build_detector(config)  # unknown method -> clear error before any I/O
+    with PairReader(before, after, bands=config.bands) as pair:
+        grid = pair.grid
+        inputs = {
+            "before": _input_info(str(before), pair._before.files, pair._before),
+            "after": _input_info(str(after), pair._after_src.files, pair._after_src),
+        }
+        alignment, warnings, bands = pair.alignment, list(pair.warnings), pair.bands
+        pixel_area = pair.pixel_area_m2()
+    for w in warnings:
+        log.warning(w)
+    halo = detector.halo
+    tiles = plan_tiles(grid.height, grid.width, tile_size=config.tile_size, halo=halo)
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+    try:
+        staging = out_dir / STAGING_DIR / run_id
+        (staging / "parts").mkdir(parents=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {str(out)!r} ({exc}): "
+                          "choose a writable --out") from exc
+    plan = {
+        "run_id": run_id,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "before": str(Path(before).resolve()),
+        "after": str(Path(after).resolve()),
+        "out": str(out_dir.resolve()),
+        "config": config.model_dump(mode="json"),
+        "bands": list(bands),
+        "grid": {"height": grid.height, "width": grid.width, "transform": list(grid.transform),
+                 "crs_wkt": grid.crs_wkt, "pixel_area_m2": pixel_area},
+        "alignment": alignment,
+        "warnings": warnings,
+        "halo": halo,
+        "tiles": [[t.tile_id, t.row_off, t.col_off, t.height, t.width] for t in tiles],
+        "inputs": inputs,
+        "timings": {"plan_s": round(time.perf_counter() - t0, 3)},
+    }
+    path = staging / "plan.json"
+    write_json_atomic(path, plan)
+    log.info("planned %d tiles of %d px (halo %d) on a %dx%d grid", len(tiles),
+             config.tile_size, halo, grid.height, grid.width)
+    return str(path)
+
+
+def fit_detection(plan_path: PathLike) -> str:
+    """Stage 2: fit the detector and the threshold on a sample spread over the whole raster.
+
+    Args:
+        plan_path: Path returned by :func:`plan_detection`.
+
+    Returns:
+        Path of the fitted detector state (``model.npz``); the threshold is in ``fit.json``.
+
+    Raises:
+        NoOverlapError: If the sample holds no valid pixel (the inputs are all nodata).
+    """
+    t0 = time.perf_counter()
+    plan = _Plan(plan_path)
+    cfg = plan.config
+    detector = build_detector(cfg)
+    blocks = sample_blocks(plan.grid.height, plan.grid.width, halo=detector.halo,
+                           n_pixels=cfg.sample_pixels, seed=cfg.seed)
+    samples: list[TileArrays] = []
+    with plan.reader() as pair:
+        for block in blocks:
+            arrays = pair.read_tile(block)
+            if arrays.valid.any():
+                samples.append(arrays)
+    if not samples:
+        raise NoOverlapError(
+            f"no valid pixel in {plan.doc['before']!r} and {plan.doc['after']!r} where both "
+            "overlap: check nodata values and footprints"
+        )
+    scores = detector.fit(samples)
+    del samples
+    threshold = fit_threshold(cfg.threshold, scores)
+    model = plan.staging / "model.npz"
+    detector.save(model)
+    q = np.quantile(scores, [0.5, 0.9, 0.99, 0.999]) if scores.size else [math.nan] * 4
+    write_json_atomic(plan.staging / "fit.json", {
+        "threshold": {"method": threshold.method, "value": threshold.value,
+                      "n_sample": threshold.n_sample},
+        "sample": {"blocks": len(blocks), "pixels": int(scores.size),
+                   "score_quantiles": dict(zip(["p50", "p90", "p99", "p99.9"],
+                                               [float(v) for v in q], strict=True))},
+        "fit_s": round(time.perf_counter() - t0, 3),
+    })
+    log.info("fitted %s on %d sample pixels; threshold %s = %.4g", cfg.method, scores.size,
+             threshold.method, threshold.value)
+    return str(model)
+
+
+def tile_batches(plan_path: PathLike, *, batch_size: int = 16) -> list[list[int]]:
+    """Split the planned tile ids into batches (one scoring task each)."""
+    ids = [t.tile_id for t in _Plan(plan_path).tiles]
+    return [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
+
+
+def _tile_stats(score: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    valid = mask != 255
+    n_valid = int(valid.sum())
+    n_changed = int((mask == 1).sum())
+    if n_valid:
+        s = score[valid]
+        mean, p95, mx = float(s.mean()), float(np.quantile(s, 0.95)), float(s.max())
+    else:
+        mean = p95 = mx = math.nan
+    return {"n_valid": n_valid, "n_changed": n_changed,
+            "changed_fraction": n_changed / n_valid if n_valid else 0.0,
+            "score_mean": mean, "score_p95": p95, "score_max": mx}
+
+
+def score_tiles(plan_path: PathLike, tile_ids: Sequence[int], *,
+                progress: Progress | None = None) -> list[int]:
+    """Stage 3: score, threshold and write the given tiles (safe to run in parallel).
+
+    Tiles whose part files already exist (an interrupted earlier attempt) are skipped.
+
+    Args:
+        plan_path: Path returned by :func:`plan_detection` (after :func:`fit_detection`).
+        tile_ids: Tiles to process.
+        progress: Called with 1 after each tile.
+
+    Returns:
+        The tile ids processed or found done.
+    """
+    plan = _Plan(plan_path)
+    detector = plan.detector()
+    threshold = Threshold(**read_json(plan.staging / "fit.json")["threshold"])
+    by_id = {t.tile_id: t for t in plan.tiles}
+    with plan.reader() as pair:
+        for tid in tile_ids:
+            tile = by_id[tid]
+            if not plan.part("tile", tid).exists():
+                score = detector.score(pair.read_tile(tile))
+                valid = np.isfinite(score)
+                mask = np.where(valid, score > threshold.value, 255).astype(np.uint8)
+                write_part(plan.part("score", tid), score, plan.grid, tile, nodata=math.nan)
+                write_part(plan.part("mask", tid), mask, plan.grid, tile, nodata=255)
+                write_json_atomic(plan.part("tile", tid), _tile_stats(score, mask))
+            if progress is not None:
+                progress(1)
+    return list(tile_ids)
+
+
+# -- finalise --------------------------------------------------------------------------------
+def _tile_footprint(grid: Grid, tile: Tile) -> Any:
+    a = grid.affine
+    r0, c0, r1, c1 = tile.row_off, tile.col_off, tile.row_off + tile.height, tile.col_off + tile.width
+    return shapely.Polygon([a * (c0, r0), a * (c1, r0), a * (c1, r1), a * (c0, r1)])
+
+
+def _write_tiles_table(path: Path, plan: _Plan, stats: list[dict[str, Any]]) -> None:
+    tiles = plan.tiles
+    cols = {
+        "tile_id": pa.array([t.tile_id for t in tiles], pa.int32()),
+        "row_off": pa.array([t.row_off for t in tiles], pa.int32()),
+        "col_off": pa.array([t.col_off for t in tiles], pa.int32()),
+        "height": pa.array([t.height for t in tiles], pa.int32()),
+        "width": pa.array([t.width for t in tiles], pa.int32()),
+        "n_valid": pa.array([s["n_valid"] for s in stats], pa.int64()),
+        "n_changed": pa.array([s["n_changed"] for s in stats], pa.int64()),
+        "changed_fraction": pa.array([s["changed_fraction"] for s in stats], pa.float64()),
+        "score_mean": pa.array([s["score_mean"] for s in stats], pa.float64()),
+        "score_p95": pa.array([s["score_p95"] for s in stats], pa.float64()),
+        "score_max": pa.array([s["score_max"] for s in stats], pa.float64()),
+        "changed": pa.array([s["n_changed"] > 0 for s in stats], pa.bool_()),
+        "run_id": pa.array([plan.doc["run_id"]] * len(tiles), pa.string()),
+    }
+    write_geoparquet(path, cols, [_tile_footprint(plan.grid, t) for t in tiles],
+                     plan.grid.crs_wkt)
+
+
+def _write_changes_table(path: Path, plan: _Plan, regions: Regions) -> None:
+    px_area = plan.doc["grid"]["pixel_area_m2"]
+    px_area = math.nan if px_area is None else float(px_area)
+    cols = {
+        "region_id": pa.array(np.arange(len(regions)), pa.int64()),
+        "area_px": pa.array(regions.area_px, pa.int64()),
+        "area_m2": pa.array(regions.area_px * px_area, pa.float64()),
+        "score_mean": pa.array(regions.score_mean, pa.float64()),
+        "score_max": pa.array(regions.score_max, pa.float64()),
+        "tile_id": pa.array(regions.tile_id, pa.int32()),
+        "tile_ids": pa.array(regions.tile_ids, pa.list_(pa.int32())),
+        "run_id": pa.array([plan.doc["run_id"]] * len(regions), pa.string()),
+    }
+    write_geoparquet(path, cols, regions.geometry, plan.grid.crs_wkt)
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
+
+
+def finalise_detection(plan_path: PathLike, *, started: float | None = None) -> dict[str, Any]:
+    """Stage 4: assemble COGs, vectorise regions, write tables and run.json, then publish.
+
+    Args:
+        plan_path: Path returned by :func:`plan_detection`, after every tile was scored.
+        started: ``time.time()`` when the run started, for the total in run.json.
+
+    Returns:
+        A small summary: output paths, counts, threshold and seconds.
+
+    Raises:
+        MicrochangeError: If tiles are missing (not every tile was scored).
+    """
+    t0 = time.perf_counter()
+    plan = _Plan(plan_path)
+    missing = [t.tile_id for t in plan.tiles if not plan.part("tile", t.tile_id).exists()]
+    if missing:
+        raise MicrochangeError(f"{len(missing)} tile(s) not scored yet (e.g. {missing[:5]}): "
+                               "run score_tiles for every tile before finalising")
+    out = plan.out
+    run_id = plan.doc["run_id"]
+    tmp = {name: out / f".{name}.{run_id}.tmp" for name in OUTPUT_NAMES}
+    try:
+        ids = [t.tile_id for t in plan.tiles]
+        assemble_cog([(t, plan.part("mask", t.tile_id)) for t in plan.tiles], plan.grid,
+                     tmp["change_mask.tif"], dtype="uint8", nodata=255, resampling="nearest")
+        assemble_cog([(t, plan.part("score", t.tile_id)) for t in plan.tiles], plan.grid,
+                     tmp["change_score.tif"], dtype="float32", nodata=math.nan,
+                     resampling="average")
+        t_cog = time.perf_counter()
+        stats = [read_json(plan.part("tile", i)) for i in ids]
+        regions = extract_regions(
+            plan.tiles,
+            lambda t: (read_part(plan.part("mask", t.tile_id)),  # type: ignore[return-value]
+                       read_part(plan.part("score", t.tile_id))),
+            plan.grid,
+        )
+        _write_tiles_table(tmp["tiles.parquet"], plan, stats)
+        _write_changes_table(tmp["changes.parquet"], plan, regions)
+        t_vec = time.perf_counter()
+        fit = read_json(plan.staging / "fit.json")
+        n_valid = sum(s["n_valid"] for s in stats)
+        n_changed = sum(s["n_changed"] for s in stats)
+        px_area = plan.doc["grid"]["pixel_area_m2"]
+        timings = dict(plan.doc["timings"])
+        timings["fit_s"] = fit["fit_s"]
+        timings["cog_s"] = round(t_cog - t0, 3)
+        timings["vectorise_s"] = round(t_vec - t_cog, 3)
+        if started is not None:
+            timings["total_s"] = round(time.time() - started, 3)
+        counts = {
+            "valid_px": n_valid,
+            "changed_px": n_changed,
+            "changed_fraction": n_changed / n_valid if n_valid else 0.0,
+            "changed_area_m2": _nan_to_none(n_changed * px_area) if px_area else None,
+            "regions": len(regions),
+            "tiles": len(plan.tiles),
+            "tiles_changed": sum(1 for s in stats if s["n_changed"] > 0),
+        }
+        manifest = {
+            "run_id": run_id,
+            "created": plan.doc["created"],
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "parameters": plan.doc["config"],
+            "method": plan.config.method,
+            "inputs": plan.doc["inputs"],
+            "bands": plan.doc["bands"],
+            "alignment": plan.doc["alignment"],
+            "warnings": plan.doc["warnings"],
+            "grid": {k: v for k, v in plan.doc["grid"].items()},
+            "tiling": {"tile_size": plan.config.tile_size, "halo": plan.doc["halo"],
+                       "tiles": len(plan.tiles)},
+            "device": "cpu",
+            "threshold": fit["threshold"],
+            "sample": fit["sample"],
+            "counts": counts,
+            "timings": timings,
+            "versions": library_versions(),
+            "outputs": {name: name for name in OUTPUT_NAMES},
+        }
+        write_json_atomic(tmp["run.json"], manifest)
+        for name in OUTPUT_NAMES:  # run.json last: its presence marks a complete run
+            tmp[name].replace(out / name)
+    except BaseException:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+        raise
+    shutil.rmtree(plan.staging, ignore_errors=True)
+    try:
+        (out / STAGING_DIR).rmdir()
+    except OSError:
+        pass
+    return {"out": str(out), "run_id": run_id, "counts": counts, "threshold": fit["threshold"],
+            "timings": timings, "outputs": {n: str(out / n) for n in OUTPUT_NAMES}}
+
+
+def run_detection(
+    before: PathLike,
+    after: PathLike,
+    out: PathLike,
+    config: DetectConfig,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run every stage in this process (what the CLI does; the flow runs the same stages).
+
+    Args:
+        before: Raster at t0; defines the output grid.
+        after: Raster at t1.
+        out: Output folder.
+        config: Run parameters.
+        progress: Called with (tiles done, tiles total) as tiles finish.
+
+    Returns:
+        The summary of :func:`finalise_detection`.
+    """
+    started = time.time()
+    plan = plan_detection(before, after, out, config)
+    try:
+        fit_detection(plan)
+        ids = [i for batch in tile_batches(plan) for i in batch]
+        done = 0
+
+        def _tick(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(done, len(ids))
+
+        score_tiles(plan, ids, progress=_tick)
+        return finalise_detection(plan, started=started)
+    except BaseException:
+        shutil.rmtree(Path(plan).parent, ignore_errors=True)
+        raise
