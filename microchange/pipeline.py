@@ -46,6 +46,7 @@ from microchange.tiling import Tile, plan_tiles
 __all__ = (
     "OUTPUT_NAMES",
     "STAGING_DIR",
+    "discard_run",
     "fit_detection",
     "finalise_detection",
     "plan_detection",
@@ -273,7 +274,7 @@ def score_tiles(plan_path: PathLike, tile_ids: Sequence[int], *,
 def _tile_footprint(grid: Grid, tile: Tile) -> Any:
     a = grid.affine
     r0, c0, r1, c1 = tile.row_off, tile.col_off, tile.row_off + tile.height, tile.col_off + tile.width
-    return shapely.Polygon([a * (c0, r0), a * (c1, r0), a * (c1, r1), a * (c0, r1)])
+    return shapely.Polygon([a @ (c0, r0), a @ (c1, r0), a @ (c1, r1), a @ (c0, r1)])
 
 
 def _write_tiles_table(path: Path, plan: _Plan, stats: list[dict[str, Any]]) -> None:
@@ -449,5 +450,15 @@ def run_detection(
         score_tiles(plan, ids, progress=_tick)
         return finalise_detection(plan, started=started)
     except BaseException:
-        shutil.rmtree(Path(plan).parent, ignore_errors=True)
+        discard_run(plan)
         raise
+
+
+def discard_run(plan_path: PathLike) -> None:
+    """Remove the staging folder of a failed run (final outputs are never touched)."""
+    staging = Path(plan_path).parent
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.parent.rmdir()
+    except OSError:
+        pass

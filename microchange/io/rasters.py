@@ -76,7 +76,7 @@ class Grid:
 
     def window_transform(self, row_off: int, col_off: int) -> Affine:
         """Transform of a window whose top-left pixel is (row_off, col_off)."""
-        return self.affine * Affine.translation(col_off, row_off)
+        return self.affine @ Affine.translation(col_off, row_off)
 
 
 @dataclass
@@ -302,7 +302,7 @@ class PairReader:
             # Area of the central pixel on the WGS84 ellipsoid (good to <0.1% over a scene).
             from pyproj import Geod
 
-            cx, cy = a * (g.width / 2, g.height / 2)
+            cx, cy = a @ (g.width / 2, g.height / 2)
             dx, dy = abs(a.a), abs(a.e)
             geod = Geod(ellps="WGS84")
             lons = [cx, cx + dx, cx + dx, cx]

@@ -56,9 +56,11 @@ def otsu_threshold(values: NDArray[np.floating], *, nbins: int = 1024) -> float:
     m0 = np.cumsum(hist * centers)
     mu0 = np.divide(m0, w0, out=np.zeros_like(m0), where=w0 > 0)
     mu1 = np.divide(m0[-1] - m0, w1, out=np.zeros_like(m0), where=w1 > 0)
-    between = w0 * w1 * (mu0 - mu1) ** 2
-    i = int(np.argmax(between[:-1]))
-    return float(edges[i + 1])
+    between = (w0 * w1 * (mu0 - mu1) ** 2)[:-1]
+    # Empty bins between the modes give a plateau of equal maxima: take its middle.
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-12))
+    first, last = int(best[0]), int(best[-1])
+    return float((edges[first + 1] + edges[last + 1]) / 2)
 
 
 def fit_threshold(spec: str, scores: NDArray[np.floating]) -> Threshold:

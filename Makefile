@@ -1,0 +1,44 @@
+# Quick start: `make demo` then `make test`. Needs only python3 (>= 3.11) on the PATH.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+# Prefect runs offline with an embedded, temporary API; no telemetry.
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export PREFECT_LOGGING_LEVEL ?= WARNING
+export DASK_LOGGING__DISTRIBUTED := warning
+
+.PHONY: demo test lint typecheck clean help
+
+help:
+	@echo "make demo   - install into .venv, run the detect-changes flow on a synthetic scene (out/demo)"
+	@echo "make test   - install test dependencies into .venv and run the test suite"
+	@echo "make lint   - ruff check; make typecheck - mypy --strict on microchange/"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U pip
+
+# torch==2.14.1 / torchvision==0.29.1 are pinned in pyproject.toml; plain pip (not uv/poetry).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import microchange, prefect, torch, rasterio"
+	touch $@
+
+demo: $(VENV)/.installed
+	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} $(BIN)/microchange demo --out out/demo
+
+test: $(VENV)/.installed
+	tmp=$$(mktemp -d) && PREFECT_HOME=$$tmp $(BIN)/python -m pytest -q $(PYTEST_ARGS); \
+	  rc=$$?; rm -rf $$tmp; exit $$rc
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check microchange tasks flows tests benchmarks
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy microchange
+
+clean:
+	rm -rf out .prefect .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Benchmarks of microchange on the shared real-data change-detection pairs."""

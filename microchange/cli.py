@@ -1,0 +1,235 @@
+"""Command line: ``microchange detect | demo | methods`` (also ``python -m microchange``).
+
+A thin layer: it parses options into a :class:`~microchange.config.DetectConfig` and runs the same
+stage functions as the Prefect flow (``--prefect`` runs the flow itself). Exit codes: 0 success,
+2 bad input (one message naming the file or value and the fix, no traceback), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from microchange.config import DetectConfig, PreprocessConfig
+from microchange.detector import method_names
+from microchange.errors import InputError
+
+__all__ = ("main",)
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Progress:
+    """Tile progress on stderr: a live counter on a terminal, a line per 10% otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+        self.last_decile = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        rate = done / max(time.perf_counter() - self.t0, 1e-9)
+        text = f"scoring tiles {done}/{total} ({rate:.1f} tiles/s)"
+        if self.tty:
+            end = "\n" if done == total else ""
+            print(f"\r{text}", end=end, file=sys.stderr, flush=True)
+        elif total >= 10 and (decile := done * 10 // total) != self.last_decile:
+            self.last_decile = decile
+            print(text, file=sys.stderr, flush=True)
+
+
+def _parse_bands(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid --bands {text!r}: give 1-based band numbers separated by commas, "
+            "e.g. --bands 1,2,3"
+        ) from None
+
+
+def _config_from_args(args: argparse.Namespace) -> DetectConfig:
+    base: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            base = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read --config {str(path)!r} ({exc}): give a JSON file "
+                             "with DetectConfig fields") from exc
+    for key in ("sensor", "method", "threshold", "tile_size", "bands", "sample_pixels", "seed"):
+        value = getattr(args, key)
+        if value is not None:
+            base[key] = value
+    if args.smoothing_sigma is not None or args.log_transform is not None:
+        sensor = base.get("sensor", "optical")
+        pre = dict(base.get("preprocess") or DetectConfig(sensor=sensor).resolved_preprocess()
+                   .model_dump())
+        if args.smoothing_sigma is not None:
+            pre["smoothing_sigma"] = args.smoothing_sigma
+        if args.log_transform is not None:
+            pre["log_transform"] = args.log_transform
+        base["preprocess"] = PreprocessConfig(**pre).model_dump()
+    return DetectConfig.model_validate(base)
+
+
+def _summary_line(summary: dict[str, Any], seconds: float) -> str:
+    c = summary["counts"]
+    area = c.get("changed_area_m2")
+    area_txt = f", {area / 1e4:.2f} ha" if area is not None else ""
+    return (f"changed {c['changed_px']:,} px ({100 * c['changed_fraction']:.3f}%{area_txt}) "
+            f"in {c['regions']:,} regions; {c['tiles']} tiles ({c['tiles_changed']} with change); "
+            f"threshold {summary['threshold']['method']}={summary['threshold']['value']:.4g}; "
+            f"{seconds:.1f} s")
+
+
+def _add_detect_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", help=f"change detection method: {', '.join(method_names())} "
+                   "(default cva)")
+    p.add_argument("--sensor", choices=("optical", "sar"),
+                   help="sensor family whose defaults apply (default optical)")
+    p.add_argument("--threshold", help="'otsu' (default) or 'value:X'")
+    p.add_argument("--tile-size", type=int, dest="tile_size",
+                   help="tile side in pixels (default 512); results do not depend on it")
+    p.add_argument("--bands", type=_parse_bands, help="1-based bands to use, e.g. 1,2,3,4")
+    p.add_argument("--sample-pixels", type=int, dest="sample_pixels",
+                   help="pixels in the global fitting sample (default 1e6)")
+    p.add_argument("--seed", type=int, help="seed of the global sample (default 0)")
+    p.add_argument("--smoothing-sigma", type=float, dest="smoothing_sigma",
+                   help="Gaussian smoothing of both dates in pixels (sensor default)")
+    p.add_argument("--log-transform", action=argparse.BooleanOptionalAction, default=None,
+                   dest="log_transform", help="work on log values (default: on for sar)")
+    p.add_argument("--config", help="JSON file with DetectConfig fields (flags override it)")
+    p.add_argument("--prefect", action="store_true",
+                   help="run through the Prefect flow 'detect-changes' (starts a local API if "
+                        "PREFECT_API_URL is not set: ~10 s)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="microchange",
+        description="Find small changes between two rasters of the same place.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    detect = sub.add_parser(
+        "detect", help="detect changes between BEFORE and AFTER",
+        description="Detect changes between BEFORE and AFTER and write change_mask.tif, "
+                    "change_score.tif, tiles.parquet, changes.parquet and run.json to --out.",
+    )
+    detect.add_argument("before", help="raster at t0 (GeoTIFF/COG, ENVI, PNG, ...); defines the "
+                        "output grid")
+    detect.add_argument("after", help="raster at t1; resampled onto BEFORE's grid if needed")
+    detect.add_argument("--out", required=True, help="output folder")
+    _add_detect_options(detect)
+    demo = sub.add_parser(
+        "demo", help="run the whole pipeline on a synthetic scene",
+        description="Generate a synthetic scene with known small changes, run the "
+                    "detect-changes flow on it and report accuracy against the truth.",
+    )
+    demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    demo.add_argument("--size", type=int, default=1024, help="scene side in pixels (1024)")
+    demo.add_argument("--seed", type=int, default=0, help="scene seed (0)")
+    demo.add_argument("--no-prefect", action="store_true",
+                      help="run the stages directly instead of through the Prefect flow")
+    sub.add_parser("methods", help="list the available methods")
+    return parser
+
+
+def _run(config: DetectConfig, before: str, after: str, out: str, *, use_prefect: bool,
+         quiet: bool) -> dict[str, Any]:
+    if use_prefect:
+        from flows.detect import detect_changes  # Prefect only when asked for
+
+        return detect_changes(before=before, after=after, out=out, config=config)
+    from microchange.pipeline import run_detection
+
+    return run_detection(before, after, out, config, progress=_Progress(not quiet))
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)
+    t0 = time.perf_counter()
+    summary = _run(config, args.before, args.after, args.out, use_prefect=args.prefect,
+                   quiet=args.quiet)
+    print(f"outputs in {summary['out']}")
+    print(_summary_line(summary, time.perf_counter() - t0))
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from microchange.evaluation import evaluate_mask
+    from microchange.synthetic import make_scene, write_scene
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    inputs = out / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    scene = make_scene(height=args.size, width=args.size, seed=args.seed)
+    paths = write_scene(scene, inputs)
+    print(f"synthetic scene {args.size}x{args.size} px, {scene.before.shape[0]} bands, "
+          f"{len(scene.changes)} implanted changes -> {inputs}")
+    summary = _run(DetectConfig(), str(paths["before"]), str(paths["after"]), str(out),
+                   use_prefect=not args.no_prefect, quiet=False)
+    metrics = evaluate_mask(out / "change_mask.tif", paths["truth"], changed_values=(1,))
+    print(f"outputs in {summary['out']}: " + ", ".join(summary["outputs"]))
+    print(_summary_line(summary, time.perf_counter() - t0))
+    print(f"against the implanted truth: precision {metrics['precision']:.3f}, "
+          f"recall {metrics['recall']:.3f}, F1 {metrics['f1']:.3f}")
+    return EXIT_OK
+
+
+def _cmd_methods(_: argparse.Namespace) -> int:
+    for name in method_names():
+        print(name)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``microchange`` console script.
+
+    Args:
+        argv: Arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The process exit code.
+    """
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("MICROCHANGE_LOG_LEVEL", "WARNING"),
+                        format="%(levelname)s %(name)s: %(message)s")
+    commands = {"detect": _cmd_detect, "demo": _cmd_demo, "methods": _cmd_methods}
+    try:
+        return commands[args.command](args)
+    except InputError as exc:
+        print(f"microchange: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+                 for e in exc.errors()]
+        print("microchange: error: invalid parameters:\n" + "\n".join(lines), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("microchange: interrupted; no output was replaced", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: say what failed, exit 1
+        if os.environ.get("MICROCHANGE_DEBUG"):
+            raise
+        print(f"microchange: failed: {type(exc).__name__}: {exc} "
+              "(set MICROCHANGE_DEBUG=1 for a traceback)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

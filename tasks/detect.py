@@ -1,0 +1,34 @@
+"""Tasks of the detect-changes flow (see microchange.pipeline for what each stage does)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from microchange import pipeline
+from microchange.config import DetectConfig
+
+
+@task(name="plan-tiles", retries=2, retry_delay_seconds=2)
+def plan_tiles(before: str, after: str, out: str, config: DetectConfig) -> str:
+    """Check the inputs and plan the tile grid. See microchange.pipeline.plan_detection."""
+    return pipeline.plan_detection(before, after, out, config)
+
+
+@task(name="fit-on-sample")
+def fit_on_sample(plan: str) -> str:
+    """Fit detector and threshold on the global sample. See pipeline.fit_detection."""
+    return pipeline.fit_detection(plan)
+
+
+@task(name="score-tiles", retries=1, retry_delay_seconds=2)
+def score_tiles(plan: str, tile_ids: list[int]) -> list[int]:
+    """Score and write one batch of tiles. See microchange.pipeline.score_tiles."""
+    return pipeline.score_tiles(plan, tile_ids)
+
+
+@task(name="finalise-outputs", retries=1, retry_delay_seconds=2)
+def finalise_outputs(plan: str, started: float) -> dict[str, Any]:
+    """Assemble COGs, tables and run.json. See microchange.pipeline.finalise_detection."""
+    return pipeline.finalise_detection(plan, started=started)
