@@ -1,0 +1,82 @@
+"""Accuracy of each method on every shared benchmark pair (../shared/data).
+
+Usage: ``.venv/bin/python benchmarks/accuracy.py [--methods cva] [--work out/bench]``
+
+Prints a Markdown table (dataset, family, method, P, R, F1, kappa, IoU, seconds) and per-family
+means, and writes it to ``out/bench/accuracy.md`` and ``.csv``. One configuration per sensor family:
+nothing is tuned per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.datasets import list_pairs, shared_data_root  # noqa: E402
+from microchange.config import DetectConfig  # noqa: E402
+from microchange.evaluation import evaluate_mask  # noqa: E402
+from microchange.pipeline import run_detection  # noqa: E402
+
+COLUMNS = ("dataset", "family", "method", "precision", "recall", "f1", "kappa", "iou", "seconds")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="cva", help="comma-separated method names")
+    parser.add_argument("--work", default="out/bench", help="work/output folder")
+    parser.add_argument("--only", default="", help="comma-separated dataset name filter")
+    args = parser.parse_args(argv)
+    if not shared_data_root().exists():
+        print(f"no benchmark data at {shared_data_root()}: set MICROCHANGE_SHARED_DATA")
+        return 2
+    work = Path(args.work)
+    rows = []
+    warnings.simplefilter("ignore")
+    for pair in list_pairs(work / "inputs"):
+        if args.only and not any(s in pair.name for s in args.only.split(",")):
+            continue
+        sensor = "sar" if pair.family == "sar" else "optical"
+        for method in args.methods.split(","):
+            out = work / "runs" / f"{pair.name}-{method}"
+            t0 = time.perf_counter()
+            run_detection(pair.before, pair.after, out, DetectConfig(method=method, sensor=sensor))
+            seconds = time.perf_counter() - t0
+            m = evaluate_mask(out / "change_mask.tif", pair.truth, **pair.truth_kwargs())
+            rows.append({"dataset": pair.name, "family": pair.family, "method": method,
+                         **{k: m[k] for k in ("precision", "recall", "f1", "kappa", "iou")},
+                         "seconds": seconds})
+            r = rows[-1]
+            print(f"{r['dataset']:28s} {method:10s} F1 {r['f1']:.3f} kappa {r['kappa']:.3f} "
+                  f"({seconds:.1f} s)", file=sys.stderr)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        lines.append("| " + " | ".join(
+            f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS) + " |")
+    lines += ["", "| family | method | mean F1 | mean kappa |", "|---|---|---|---|"]
+    for fam in sorted({r["family"] for r in rows}):
+        for method in args.methods.split(","):
+            sel = [r for r in rows if r["family"] == fam and r["method"] == method]
+            if sel:
+                f1 = sum(r["f1"] for r in sel) / len(sel)
+                ka = sum(r["kappa"] for r in sel) / len(sel)
+                lines.append(f"| {fam} | {method} | {f1:.3f} | {ka:.3f} |")
+    table = "\n".join(lines)
+    print(table)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "accuracy.md").write_text(table + "\n")
+    with open(work / "accuracy.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

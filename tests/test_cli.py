@@ -1,0 +1,75 @@
+"""Command line: exit codes, messages, progress."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from microchange.cli import main
+
+
+def test_detect_success_prints_summary(planted_pair, tmp_path, capsys) -> None:
+    before, after, _ = planted_pair
+    code = main(["detect", str(before), str(after), "--out", str(tmp_path / "o"),
+                 "--tile-size", "64"])
+    out = capsys.readouterr()
+    assert code == 0
+    assert "changed 74 px" in out.out and "3 regions" in out.out
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["parameters"]["tile_size"] == 64
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--method", "nope"], "unknown method 'nope': choose one of cva"),
+    (["--threshold", "median"], "invalid threshold 'median'"),
+    (["--tile-size", "8"], "tile_size: Input should be greater than or equal to 32"),
+    (["--bands", "1,9"], "band(s) [9] requested but BEFORE"),
+])
+def test_bad_options_exit_2_with_a_message(planted_pair, tmp_path, capsys, args, message) -> None:
+    before, after, _ = planted_pair
+    code = main(["detect", str(before), str(after), "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "run.json").exists()
+
+
+def test_missing_input_exit_2(planted_pair, tmp_path, capsys) -> None:
+    before, _, _ = planted_pair
+    code = main(["detect", str(before), str(tmp_path / "missing.tif"), "--out", str(tmp_path)])
+    assert code == 2
+    assert "missing.tif' does not exist" in capsys.readouterr().err
+
+
+def test_config_file_and_sensor(planted_pair, tmp_path) -> None:
+    before, after, _ = planted_pair
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"tile_size": 96, "threshold": "value:3"}))
+    code = main(["detect", str(before), str(after), "--out", str(tmp_path / "o"),
+                 "--config", str(cfg), "--sensor", "sar", "-q"])
+    assert code == 0
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["parameters"]["tile_size"] == 96 and run["parameters"]["sensor"] == "sar"
+    assert run["threshold"] == {"method": "value", "value": 3.0, "n_sample": 150 * 170}
+
+
+def test_python_m_help() -> None:
+    res = subprocess.run([sys.executable, "-m", "microchange", "detect", "--help"],
+                         capture_output=True, text=True, check=True)
+    assert "--tile-size" in res.stdout and "--sensor" in res.stdout
+
+
+def test_unexpected_failure_exits_1(planted_pair, tmp_path, capsys, monkeypatch) -> None:
+    from microchange import pipeline
+
+    def boom(*a, **k):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(pipeline, "fit_detection", boom)
+    before, after, _ = planted_pair
+    code = main(["detect", str(before), str(after), "--out", str(tmp_path / "o")])
+    assert code == 1 and "kaboom" in capsys.readouterr().err
+    assert not (tmp_path / "o" / ".microchange-staging").exists()
+    assert np.all([not p.name.endswith(".tmp") for p in (tmp_path / "o").glob("*")])
