@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="cva", help="comma-separated method names")
     parser.add_argument("--work", default="out/bench", help="work/output folder")
+    parser.add_argument("--sigma", type=float, default=None,
+                        help="override the smoothing sigma of every family (ablation)")
     parser.add_argument("--only", default="", help="comma-separated dataset name filter")
     args = parser.parse_args(argv)
     if not shared_data_root().exists():
@@ -46,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods.split(","):
             out = work / "runs" / f"{pair.name}-{method}"
             t0 = time.perf_counter()
-            run_detection(pair.before, pair.after, out, DetectConfig(method=method, sensor=sensor))
+            cfg = DetectConfig(method=method, sensor=sensor)
+            if args.sigma is not None:
+                pre = cfg.resolved_preprocess().model_copy(update={"smoothing_sigma": args.sigma})
+                cfg = cfg.model_copy(update={"preprocess": pre})
+            run_detection(pair.before, pair.after, out, cfg)
             seconds = time.perf_counter() - t0
             m = evaluate_mask(out / "change_mask.tif", pair.truth, **pair.truth_kwargs())
             rows.append({"dataset": pair.name, "family": pair.family, "method": method,

@@ -48,7 +48,7 @@ class PreprocessConfig(BaseModel):
 
 
 SENSOR_DEFAULTS: dict[str, PreprocessConfig] = {
-    "optical": PreprocessConfig(log_transform=False, smoothing_sigma=0.0),
+    "optical": PreprocessConfig(log_transform=False, smoothing_sigma=0.7),
     "sar": PreprocessConfig(log_transform=True, smoothing_sigma=1.5),
 }
 

@@ -13,7 +13,7 @@ from microchange.cli import main
 def test_detect_success_prints_summary(planted_pair, tmp_path, capsys) -> None:
     before, after, _ = planted_pair
     code = main(["detect", str(before), str(after), "--out", str(tmp_path / "o"),
-                 "--tile-size", "64"])
+                 "--tile-size", "64", "--smoothing-sigma", "0"])
     out = capsys.readouterr()
     assert code == 0
     assert "changed 74 px" in out.out and "3 regions" in out.out

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import rasterio
 
 from microchange.cli import main
-from microchange.config import DetectConfig
+from microchange.config import DetectConfig, PreprocessConfig
 
 
 def _arrays(out):
@@ -23,12 +23,12 @@ def test_flow_and_cli_give_identical_outputs(prefect_harness, planted_pair, tmp_
     from flows.detect import detect_changes
 
     before, after, truth = planted_pair
-    config = DetectConfig(tile_size=64)
+    config = DetectConfig(tile_size=64, preprocess=PreprocessConfig())
     summary = detect_changes(before=str(before), after=str(after), out=str(tmp_path / "flow"),
                              config=config)
     assert summary["counts"]["changed_px"] == truth.sum()
     code = main(["detect", str(before), str(after), "--out", str(tmp_path / "cli"),
-                 "--tile-size", "64", "-q"])
+                 "--tile-size", "64", "--smoothing-sigma", "0", "-q"])
     assert code == 0
     fm, fs, fmp, fsp = _arrays(tmp_path / "flow")
     cm, cs, cmp_, csp = _arrays(tmp_path / "cli")

@@ -13,6 +13,8 @@ from microchange.config import DetectConfig, PreprocessConfig
 from microchange.errors import UnknownMethodError
 from microchange.pipeline import OUTPUT_NAMES, STAGING_DIR, run_detection
 
+RAW = PreprocessConfig()  # no smoothing: planted changes are recovered exactly
+
 
 def _read(path: Path) -> np.ndarray:
     with rasterio.open(path) as src:
@@ -22,7 +24,7 @@ def _read(path: Path) -> np.ndarray:
 def test_output_contract(planted_pair, tmp_path) -> None:
     before, after, truth = planted_pair
     out = tmp_path / "out"
-    summary = run_detection(before, after, out, DetectConfig(tile_size=64))
+    summary = run_detection(before, after, out, DetectConfig(tile_size=64, preprocess=RAW))
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
     with rasterio.open(before) as ref, rasterio.open(out / "change_mask.tif") as m, \
             rasterio.open(out / "change_score.tif") as s:

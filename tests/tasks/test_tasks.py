@@ -2,13 +2,14 @@
 
 from pathlib import Path
 
-from microchange.config import DetectConfig
+from microchange.config import DetectConfig, PreprocessConfig
 from tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
 
 
 def test_tasks_run_the_core_stages_without_an_api(planted_pair, tmp_path) -> None:
     before, after, truth = planted_pair
-    plan = plan_tiles.fn(str(before), str(after), str(tmp_path / "out"), DetectConfig(tile_size=80))
+    plan = plan_tiles.fn(str(before), str(after), str(tmp_path / "out"), DetectConfig(tile_size=80,
+                      preprocess=PreprocessConfig()))
     assert Path(plan).name == "plan.json"
     model = fit_on_sample.fn(plan)
     assert Path(model).exists()
