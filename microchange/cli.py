@@ -100,7 +100,7 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
                    "(default cva)")
     p.add_argument("--sensor", choices=("optical", "sar"),
                    help="sensor family whose defaults apply (default optical)")
-    p.add_argument("--threshold", help="'otsu' (default) or 'value:X'")
+    p.add_argument("--threshold", help="'otsu' or 'value:X' (default: the method's own)")
     p.add_argument("--tile-size", type=int, dest="tile_size",
                    help="tile side in pixels (default 512); results do not depend on it")
     p.add_argument("--bands", type=_parse_bands, help="1-based bands to use, e.g. 1,2,3,4")

@@ -69,11 +69,11 @@ class DetectConfig(BaseModel):
         "cva",
         description="Change detection method by name (see `microchange detect --help`).",
     )
-    threshold: str = Field(
-        "otsu",
+    threshold: str | None = Field(
+        None,
         description=(
             "How scores become a change mask: 'otsu' (fitted on the global sample) or "
-            "'value:X' for a fixed score threshold X."
+            "'value:X' for a fixed score threshold X; None uses the method's default."
         ),
     )
     tile_size: int = Field(
@@ -103,8 +103,8 @@ class DetectConfig(BaseModel):
 
     @field_validator("threshold")
     @classmethod
-    def _check_threshold(cls, value: str) -> str:
-        if not _THRESHOLD_RE.match(value):
+    def _check_threshold(cls, value: str | None) -> str | None:
+        if value is not None and not _THRESHOLD_RE.match(value):
             raise ValueError(
                 f"invalid threshold {value!r}: use 'otsu' or 'value:X' with a number X "
                 "(e.g. 'value:2.5')"

@@ -35,6 +35,8 @@ class Detector:
         preprocess: Per-pixel preparation of both dates.
         extractor: Feature extractor.
         scorer: Scorer fitted on the global sample.
+        default_threshold: Threshold spec used when the config gives none (e.g. 'otsu';
+            'value:0' for scorers whose score is a signed margin between clusters).
     """
 
     def __init__(
@@ -43,8 +45,11 @@ class Detector:
         preprocess: PreprocessConfig,
         extractor: FeatureExtractor,
         scorer: Scorer,
+        *,
+        default_threshold: str = "otsu",
     ) -> None:
         self.method = method
+        self.default_threshold = default_threshold
         self.preprocess = preprocess
         self.extractor = extractor
         self.scorer = scorer

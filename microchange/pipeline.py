@@ -200,7 +200,7 @@ def fit_detection(plan_path: PathLike) -> str:
         )
     scores = detector.fit(samples)
     del samples
-    threshold = fit_threshold(cfg.threshold, scores)
+    threshold = fit_threshold(cfg.threshold or detector.default_threshold, scores)
     model = plan.staging / "model.npz"
     detector.save(model)
     q = np.quantile(scores, [0.5, 0.9, 0.99, 0.999]) if scores.size else [math.nan] * 4
