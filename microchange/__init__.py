@@ -9,8 +9,8 @@ from microchange.config import DetectConfig, PreprocessConfig
 from microchange.detector import METHODS, Detector, build_detector, method_names
 from microchange.errors import InputError, MicrochangeError
 from microchange.pipeline import (
-    fit_detection,
     finalise_detection,
+    fit_detection,
     plan_detection,
     run_detection,
     score_tiles,

@@ -47,8 +47,8 @@ __all__ = (
     "OUTPUT_NAMES",
     "STAGING_DIR",
     "discard_run",
-    "fit_detection",
     "finalise_detection",
+    "fit_detection",
     "plan_detection",
     "run_detection",
     "score_tiles",
@@ -73,7 +73,7 @@ class _Plan:
         self.staging = self.path.parent
         self.config = DetectConfig.model_validate(self.doc["config"])
         g = self.doc["grid"]
-        self.grid = Grid(g["height"], g["width"], tuple(g["transform"]), g["crs_wkt"])  # type: ignore[arg-type]
+        self.grid = Grid(g["height"], g["width"], tuple(g["transform"]), g["crs_wkt"])
         halo = int(self.doc["halo"])
         self.tiles = [Tile(*t, halo=halo) for t in self.doc["tiles"]]  # type: ignore[misc]
         self.out = Path(self.doc["out"])
@@ -351,7 +351,7 @@ def finalise_detection(plan_path: PathLike, *, started: float | None = None) -> 
         stats = [read_json(plan.part("tile", i)) for i in ids]
         regions = extract_regions(
             plan.tiles,
-            lambda t: (read_part(plan.part("mask", t.tile_id)),  # type: ignore[return-value]
+            lambda t: (read_part(plan.part("mask", t.tile_id)),  # type: ignore[arg-type,return-value]
                        read_part(plan.part("score", t.tile_id))),
             plan.grid,
         )

@@ -92,8 +92,10 @@ def extract_regions(
         if n:
             idx = np.arange(1, n + 1)
             s = np.where(np.isfinite(score), score, 0.0).astype(np.float64)
-            counts.append(np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64))
-            sums.append(np.bincount(labels.ravel(), weights=s.ravel(), minlength=n + 1)[1:])
+            counts.append(np.asarray(np.bincount(labels.ravel(), minlength=n + 1)[1:], np.float64))
+            flat = labels.ravel()
+            sums.append(np.asarray(np.bincount(flat, weights=s.ravel(), minlength=n + 1)[1:],
+                                   np.float64))
             maxes.append(np.asarray(ndimage.maximum(s, labels, idx), dtype=np.float64))
             piece_tile.append(np.full(n, tile.tile_id, dtype=np.int64))
             glob = np.where(labels > 0, labels + offset, 0)

@@ -40,4 +40,8 @@ def sample_blocks(
     n = min(len(grid), max(1, int(np.ceil(n_pixels / SAMPLE_BLOCK**2))))
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(grid), size=n, replace=False))
-    return [Tile(i, *grid[j], halo=halo) for i, j in enumerate(chosen.tolist())]
+    out = []
+    for i, j in enumerate(chosen.tolist()):
+        r, c, h, w = grid[j]
+        out.append(Tile(i, r, c, h, w, halo))
+    return out

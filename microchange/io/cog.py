@@ -80,8 +80,8 @@ def _vrt_xml(grid: Grid, parts: Sequence[tuple[Tile, Path]], dtype: str, nodata:
             f'      <SourceFilename relativeToVRT="0">{escape(str(path))}</SourceFilename>',
             "      <SourceBand>1</SourceBand>",
             f'      <SrcRect xOff="0" yOff="0" xSize="{tile.width}" ySize="{tile.height}"/>',
-            f'      <DstRect xOff="{tile.col_off}" yOff="{tile.row_off}" '
-            f'xSize="{tile.width}" ySize="{tile.height}"/>',
+            (f'      <DstRect xOff="{tile.col_off}" yOff="{tile.row_off}" '
+             f'xSize="{tile.width}" ySize="{tile.height}"/>'),
             "    </SimpleSource>",
         ]
     lines += ["  </VRTRasterBand>", "</VRTDataset>"]

@@ -168,7 +168,7 @@ class PairReader:
             raise
         b = self._before
         crs_wkt = b.crs.to_wkt() if b.crs is not None else None
-        self.grid = Grid(b.height, b.width, tuple(b.transform)[:6], crs_wkt)  # type: ignore[arg-type]
+        self.grid = Grid(b.height, b.width, tuple(b.transform)[:6], crs_wkt)
         self.dtypes = (b.dtypes[0], self._after_src.dtypes[0])
 
     # -- checks ------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ class PairReader:
         before = self._before.read(idx, window=window, out_dtype="float32")
         valid = self._before.dataset_mask(window=window) > 0
         if self._alpha is not None:
-            stack = self._after.read(idx + [self._alpha], window=window, out_dtype="float32")
+            stack = self._after.read([*idx, self._alpha], window=window, out_dtype="float32")
             after, alpha = stack[:-1], stack[-1]
             valid &= alpha > 0
             if self._after_src.nodata is not None:
@@ -318,7 +318,7 @@ class PairReader:
         self._after_src.close()
         self._before.close()
 
-    def __enter__(self) -> PairReader:
+    def __enter__(self) -> PairReader:  # noqa: PYI034
         return self
 
     def __exit__(

@@ -32,7 +32,10 @@ class CvaScorer:
     def score(self, block: FeatureSample) -> NDArray[np.float32]:
         """sqrt(sum_f (after_f - before_f)^2) for each pixel."""
         diff = block.after - block.before
-        return np.sqrt(np.einsum("fhw,fhw->hw", diff, diff)).astype(np.float32, copy=False)
+        out: NDArray[np.float32] = np.sqrt(np.einsum("fhw,fhw->hw", diff, diff)).astype(
+            np.float32, copy=False
+        )
+        return out
 
     def state(self) -> State:
         """No parameters."""
