@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # tests import benchmarks.datasets, flows, tasks
     sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import rasterio  # noqa: E402
-from affine import Affine  # noqa: E402
-from numpy.typing import NDArray  # noqa: E402
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from numpy.typing import NDArray
 
 ORIGIN = (500_000.0, 4_000_000.0)
 
