@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = (
     "SENSOR_DEFAULTS",
+    "DeepConfig",
     "DetectConfig",
     "PreprocessConfig",
     "Sensor",
@@ -44,6 +45,41 @@ class PreprocessConfig(BaseModel):
             "Standard deviation in pixels of a mask-aware Gaussian filter applied to both dates "
             "(0 = off). Suppresses noise and speckle; nodata never leaks into valid pixels."
         ),
+    )
+
+
+class DeepConfig(BaseModel):
+    """Options of the CNN feature extractors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where the network runs: 'auto' picks CUDA when present, else the CPU.",
+    )
+    backbone: Literal["resnet18", "resnet34", "resnet50", "vgg16"] = Field(
+        "resnet18", description="torchvision backbone of the 'backbone' method."
+    )
+    layers: tuple[str, ...] | None = Field(
+        None,
+        description="Backbone layers whose features are combined (None: the backbone default).",
+    )
+    weights: str | None = Field(
+        None,
+        description="Local file with pretrained backbone weights (state dict); None = random.",
+    )
+    model: str | None = Field(
+        None,
+        description="Checkpoint of a 'learned' extractor from `microchange train`; None trains "
+        "one on the pair itself.",
+    )
+    objective: str | None = Field(
+        None,
+        description="Unsupervised objective of the 'learned' extractor (None: the default).",
+    )
+    epochs: int = Field(30, ge=1, le=1000, description="Maximum training epochs.")
+    patience: int = Field(
+        3, ge=1, le=100, description="Stop training after this many epochs without improvement."
     )
 
 
@@ -100,6 +136,16 @@ class DetectConfig(BaseModel):
         ),
     )
     seed: int = Field(0, ge=0, description="Seed of the global sample (same seed, same result).")
+    batch_tiles: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Tiles scored together (one CNN batch); bounds memory to a few tiles.",
+    )
+    deep: DeepConfig = Field(
+        default_factory=lambda: DeepConfig(),
+        description="Options of the deep methods ('backbone', 'learned'); ignored by others.",
+    )
 
     @field_validator("threshold")
     @classmethod

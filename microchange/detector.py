@@ -22,6 +22,7 @@ from microchange.io.rasters import TileArrays
 from microchange.preprocess import preprocess_halo, preprocess_image
 from microchange.scoring.base import Scorer
 from microchange.scoring.distance import CvaScorer
+from microchange.scoring.pca_kmeans import PcaKMeansScorer
 from microchange.tiling import crop_core
 
 __all__ = ("METHODS", "Detector", "build_detector", "method_names")
@@ -92,8 +93,29 @@ class Detector:
         """(H, W) float32 scores of a tile's core; NaN where the pixel is invalid."""
         features = self.extractor.extract(self._prepare(tile))
         score = crop_core(self.scorer.score(features), tile.halo).astype(np.float32)
-        score[~crop_core(tile.valid, tile.halo)] = np.nan
-        return score  # type: ignore[return-value]
+        valid = np.asarray(crop_core(tile.valid, tile.halo), dtype=bool)
+        score[~valid] = np.nan
+        return score
+
+    def score_batch(self, tiles: Sequence[TileArrays]) -> list[NDArray[np.float32]]:
+        """Scores of several tiles at once (CNN extractors batch them through the network).
+
+        Extractors that define ``extract_batch(blocks) -> list[FeatureSample]`` get all tiles in
+        one call; others are called tile by tile. Results equal :meth:`score` per tile.
+        """
+        prepared = [self._prepare(t) for t in tiles]
+        batch_fn = getattr(self.extractor, "extract_batch", None)
+        if batch_fn is not None:
+            features = batch_fn(prepared)
+        else:
+            features = [self.extractor.extract(p) for p in prepared]
+        out = []
+        for tile, feats in zip(tiles, features, strict=True):
+            score = crop_core(self.scorer.score(feats), tile.halo).astype(np.float32)
+            valid = np.asarray(crop_core(tile.valid, tile.halo), dtype=bool)
+            score[~valid] = np.nan
+            out.append(score)
+        return out
 
     def save(self, path: str | Path) -> None:
         """Write the fitted state to ``path`` (.npz, no pickle)."""
@@ -119,8 +141,14 @@ def _cva(config: DetectConfig) -> Detector:
     return Detector("cva", config.resolved_preprocess(), BandFeatures(), CvaScorer())
 
 
+def _pca_kmeans(config: DetectConfig) -> Detector:
+    return Detector("pca-kmeans", config.resolved_preprocess(), BandFeatures(),
+                    PcaKMeansScorer(seed=config.seed), default_threshold="value:0")
+
+
 METHODS: dict[str, Callable[[DetectConfig], Detector]] = {
     "cva": _cva,
+    "pca-kmeans": _pca_kmeans,
 }
 """Method name -> factory building an unfitted :class:`Detector` from a config."""
 

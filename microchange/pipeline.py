@@ -255,18 +255,23 @@ def score_tiles(plan_path: PathLike, tile_ids: Sequence[int], *,
     detector = plan.detector()
     threshold = Threshold(**read_json(plan.staging / "fit.json")["threshold"])
     by_id = {t.tile_id: t for t in plan.tiles}
+    todo = [tid for tid in tile_ids if not plan.part("tile", tid).exists()]
+    if progress is not None and len(todo) < len(tile_ids):
+        progress(len(tile_ids) - len(todo))
+    batch = max(1, plan.config.batch_tiles)
     with plan.reader() as pair:
-        for tid in tile_ids:
-            tile = by_id[tid]
-            if not plan.part("tile", tid).exists():
-                score = detector.score(pair.read_tile(tile))
+        for start in range(0, len(todo), batch):
+            ids = todo[start:start + batch]
+            scores = detector.score_batch([pair.read_tile(by_id[tid]) for tid in ids])
+            for tid, score in zip(ids, scores, strict=True):
+                tile = by_id[tid]
                 valid = np.isfinite(score)
                 mask = np.where(valid, score > threshold.value, 255).astype(np.uint8)
                 write_part(plan.part("score", tid), score, plan.grid, tile, nodata=math.nan)
                 write_part(plan.part("mask", tid), mask, plan.grid, tile, nodata=255)
                 write_json_atomic(plan.part("tile", tid), _tile_stats(score, mask))
             if progress is not None:
-                progress(1)
+                progress(len(ids))
     return list(tile_ids)
 
 
