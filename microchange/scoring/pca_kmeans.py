@@ -1,0 +1,217 @@
+"""PCA-KMeans (Celik 2009): clustering of neighbourhood vectors of the difference image.
+
+T. Celik, "Unsupervised change detection in satellite images using principal component analysis
+and k-means clustering", IEEE GRSL 6(4), 2009. The method, as implemented here:
+
+1. **Difference image.** ``d = ||after - before||_2`` over the features of each pixel. With
+   :class:`~microchange.features.bands.BandFeatures` these are the per-date standardised bands,
+   so ``d`` is the CVA magnitude; Celik's single-band absolute difference is the case F = 1. One
+   scalar per pixel keeps the vectors at ``h * h`` values whatever the band count (per-band
+   absolute differences would give ``F * h * h`` and weigh each band's noise separately).
+2. **Neighbourhood vectors.** Each pixel is described by the ``h x h`` block of ``d`` centred on
+   it (``h`` odd, default 5), so the scorer's halo is ``h // 2``.
+3. **PCA** (:class:`sklearn.decomposition.PCA`) fitted on the neighbourhood vectors of a random
+   subsample (deterministic seed) of the valid core pixels of the *global* sample; the first
+   ``components`` eigenvectors are kept (Celik keeps those explaining ~90 % of the variance; on
+   the difference image the first one, the local mean, already explains most of it).
+4. **k-means** with k = 2 (:class:`sklearn.cluster.KMeans`, fixed ``n_init`` and seed) on the
+   projected subsample. The *changed* cluster is the one whose centroid, mapped back to the
+   ``h x h`` neighbourhood, has the larger mean difference magnitude.
+
+The score is the signed margin ``||p - c_unchanged|| - ||p - c_changed||`` of the projected
+vector ``p``: > 0 where the pixel is nearer the changed centroid, so the threshold ``value:0`` is
+exactly the k-means assignment, and larger values mean more confidently changed. Invalid pixels
+hold 0 in the features, hence ``d = 0`` there: they count as "no difference" in the neighbourhood
+of valid pixels.
+
+Scoring a tile is ``h * h * components`` shifted multiply-adds over the tile (no per-pixel Python
+loop, no ``(H, W, h * h)`` array): memory is a few ``(H, W)`` float64 arrays, and each pixel's
+score is computed from its own neighbourhood in a fixed order, so it does not depend on the tile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+
+from microchange.features.base import FeatureSample, State
+from microchange.tiling import crop_core
+
+__all__ = ("PcaKMeansScorer", "difference_magnitude")
+
+_N_INIT = 10
+
+
+def difference_magnitude(block: FeatureSample) -> NDArray[np.float64]:
+    """(H, W) float64 Euclidean norm over features of ``after - before`` (the difference image)."""
+    diff = (block.after - block.before).astype(np.float64, copy=False)
+    return np.sqrt(np.einsum("fhw,fhw->hw", diff, diff))  # type: ignore[no-any-return]
+
+
+class PcaKMeansScorer:
+    """Celik's PCA-KMeans change score (see the module docstring).
+
+    Args:
+        block: Side ``h`` of the square neighbourhood, odd, >= 1 (halo ``h // 2``).
+        components: Principal components kept, in [1, h * h].
+        seed: Seed of the fitting subsample, the PCA solver and k-means.
+        fit_pixels: Most neighbourhood vectors drawn from the global sample to fit PCA and
+            k-means (bounds the fit's memory and time), >= 100.
+
+    Raises:
+        ValueError: If an argument is out of range.
+    """
+
+    name = "pca-kmeans"
+
+    def __init__(
+        self, block: int = 5, components: int = 3, seed: int = 0, *, fit_pixels: int = 200_000
+    ) -> None:
+        if block < 1 or block % 2 == 0:
+            raise ValueError(f"invalid block {block!r}: the neighbourhood side must be odd, >= 1")
+        if not 1 <= components <= block * block:
+            raise ValueError(
+                f"invalid components {components!r}: must be in [1, {block * block}] for "
+                f"block={block}"
+            )
+        if fit_pixels < 100:
+            raise ValueError(f"invalid fit_pixels {fit_pixels!r}: must be >= 100")
+        self.block = block
+        self.components = components
+        self.seed = seed
+        self.fit_pixels = fit_pixels
+        self._mean: NDArray[np.float64] | None = None  # (h*h,)
+        self._axes: NDArray[np.float64] | None = None  # (S, h*h)
+        self._centroids: NDArray[np.float64] | None = None  # (2, S): unchanged, changed
+        self._explained: NDArray[np.float64] | None = None  # (S,)
+
+    @property
+    def halo(self) -> int:
+        """Half the neighbourhood side."""
+        return self.block // 2
+
+    # -- fitting -----------------------------------------------------------------------------
+    def _padded(self, d: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``d`` reflect-padded by the halo, so every pixel of the block has a full window.
+
+        Only pixels within ``halo`` of the block edge see padded values; the pipeline's blocks
+        carry at least that much halo around the core, so core scores never do.
+        """
+        r = self.halo
+        if r == 0:
+            return d
+        mode = "reflect" if min(d.shape) > 1 else "edge"
+        return np.pad(d, r, mode=mode)  # type: ignore[call-overload,no-any-return]
+
+    def _sample_vectors(self, samples: Sequence[FeatureSample]) -> NDArray[np.float64]:
+        """(n, h*h) neighbourhood vectors of a seeded random subset of the valid core pixels."""
+        cores = [crop_core(s.valid, s.halo) for s in samples]
+        counts = np.array([int(v.sum()) for v in cores], dtype=np.int64)
+        total = int(counts.sum())
+        if total == 0:
+            raise ValueError("no valid pixel in the sample: the inputs hold only nodata")
+        rng = np.random.default_rng(self.seed)
+        take = np.sort(rng.choice(total, size=min(total, self.fit_pixels), replace=False))
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        h = self.block
+        parts = []
+        for s, core, lo, hi in zip(samples, cores, starts[:-1], starts[1:], strict=True):
+            pick = take[(take >= lo) & (take < hi)] - lo
+            if pick.size == 0:
+                continue
+            rows, cols = np.nonzero(core)
+            rows, cols = rows[pick] + s.halo, cols[pick] + s.halo  # block coordinates
+            windows = np.lib.stride_tricks.sliding_window_view(
+                self._padded(difference_magnitude(s)), (h, h)
+            )
+            parts.append(windows[rows, cols].reshape(pick.size, h * h))
+        return np.concatenate(parts)
+
+    def fit(self, samples: Sequence[FeatureSample]) -> None:
+        """Fit PCA and 2-means on neighbourhood vectors from the global sample.
+
+        Raises:
+            ValueError: If the sample holds no valid pixel.
+        """
+        x = self._sample_vectors(samples)
+        n_comp = min(self.components, x.shape[0])
+        pca = PCA(n_components=n_comp, svd_solver="full", random_state=self.seed).fit(x)
+        proj = pca.transform(x)
+        km = KMeans(n_clusters=2, n_init=_N_INIT, random_state=self.seed).fit(proj)
+        centres = np.asarray(km.cluster_centers_, dtype=np.float64)
+        # Mean difference magnitude of each centroid's neighbourhood, back in the d space.
+        level = (pca.mean_ + centres @ pca.components_).mean(axis=1)
+        order = np.argsort(level, kind="stable")  # unchanged first, changed second
+        self._mean = np.asarray(pca.mean_, dtype=np.float64)
+        self._axes = np.asarray(pca.components_, dtype=np.float64)
+        self._centroids = centres[order]
+        self._explained = np.asarray(pca.explained_variance_ratio_, dtype=np.float64)
+
+    # -- scoring -----------------------------------------------------------------------------
+    def project(self, block: FeatureSample) -> NDArray[np.float64]:
+        """(S, H, W) principal-component coordinates of every pixel's neighbourhood vector."""
+        if self._mean is None or self._axes is None:
+            raise RuntimeError("PcaKMeansScorer used before fit/load_state")
+        d = difference_magnitude(block)
+        height, width = d.shape
+        dp = self._padded(d)
+        h = self.block
+        axes = self._axes
+        proj = np.zeros((axes.shape[0], height, width), dtype=np.float64)
+        tmp = np.empty((height, width), dtype=np.float64)
+        for i in range(h):
+            for j in range(h):
+                shifted = dp[i : i + height, j : j + width]
+                for k in range(axes.shape[0]):
+                    np.multiply(shifted, axes[k, i * h + j], out=tmp)
+                    proj[k] += tmp
+        proj -= (axes @ self._mean)[:, None, None]
+        return proj
+
+    def score(self, block: FeatureSample) -> NDArray[np.float32]:
+        """(H, W) float32 ``||p - c_unchanged|| - ||p - c_changed||`` (> 0: changed cluster)."""
+        if self._centroids is None:
+            raise RuntimeError("PcaKMeansScorer.score called before fit/load_state")
+        proj = self.project(block)
+        dist = []
+        for c in self._centroids:
+            sq = np.zeros(proj.shape[1:], dtype=np.float64)
+            for k in range(proj.shape[0]):
+                sq += (proj[k] - c[k]) ** 2
+            dist.append(np.sqrt(sq))
+        return (dist[0] - dist[1]).astype(np.float32)
+
+    # -- state -------------------------------------------------------------------------------
+    def state(self) -> State:
+        """PCA mean and axes, centroids (unchanged, changed), explained variance, block side."""
+        if (self._mean is None or self._axes is None or self._centroids is None
+                or self._explained is None):
+            return {}
+        return {
+            "block": np.array(self.block, dtype=np.int64),
+            "mean": self._mean,
+            "components": self._axes,
+            "centroids": self._centroids,
+            "explained_variance_ratio": self._explained,
+        }
+
+    def load_state(self, state: State) -> None:
+        """Restore parameters saved by :meth:`state`.
+
+        Raises:
+            ValueError: If the state was fitted with another neighbourhood size.
+        """
+        block = int(state["block"])
+        if block != self.block:
+            raise ValueError(
+                f"state fitted with block={block} but this scorer has block={self.block}: "
+                "build the scorer with the same block size"
+            )
+        self._mean = np.asarray(state["mean"], dtype=np.float64)
+        self._axes = np.asarray(state["components"], dtype=np.float64)
+        self._centroids = np.asarray(state["centroids"], dtype=np.float64)
+        self._explained = np.asarray(state["explained_variance_ratio"], dtype=np.float64)
