@@ -7,10 +7,11 @@ and reject unknown keys.
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from microchange.scoring.thresholds import THRESHOLD_PATTERN, THRESHOLDS
 
 __all__ = (
     "SENSOR_DEFAULTS",
@@ -22,7 +23,7 @@ __all__ = (
 
 Sensor = Literal["optical", "sar"]
 
-_THRESHOLD_RE = re.compile(r"^(otsu|value:[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)$")
+
 
 
 class PreprocessConfig(BaseModel):
@@ -108,8 +109,9 @@ class DetectConfig(BaseModel):
     threshold: str | None = Field(
         None,
         description=(
-            "How scores become a change mask: 'otsu' (fitted on the global sample) or "
-            "'value:X' for a fixed score threshold X; None uses the method's default."
+            "How scores become a change mask, fitted on the global sample: 'otsu', "
+            "'kittler-illingworth', 'kmeans', 'fpr:X' (false-alarm rate X under a robust null "
+            "model, e.g. fpr:0.001) or 'value:X' (fixed score X); None uses the method's default."
         ),
     )
     tile_size: int = Field(
@@ -150,10 +152,10 @@ class DetectConfig(BaseModel):
     @field_validator("threshold")
     @classmethod
     def _check_threshold(cls, value: str | None) -> str | None:
-        if value is not None and not _THRESHOLD_RE.match(value):
+        if value is not None and not THRESHOLD_PATTERN.match(value):
             raise ValueError(
-                f"invalid threshold {value!r}: use 'otsu' or 'value:X' with a number X "
-                "(e.g. 'value:2.5')"
+                f"invalid threshold {value!r}: use one of {', '.join(THRESHOLDS)} with a number "
+                "X (e.g. 'fpr:0.001', 'value:2.5')"
             )
         return value
 

@@ -1,7 +1,22 @@
-"""Global thresholds: fitted once on the sample of scores from the whole raster."""
+"""Global thresholds: fitted once on the sample of scores from the whole raster.
+
+Specs accepted by ``--threshold``:
+
+* ``otsu``: maximises the between-class variance of the score histogram (Otsu 1979). Good when
+  change is a sizeable fraction of the scene; splits the noise when change is rare.
+* ``kittler-illingworth``: minimum-error thresholding with two Gaussian classes of their own
+  variance and weight (Kittler & Illingworth 1986); copes better with unequal class sizes.
+* ``kmeans``: 2-means on the scores; the threshold is the midpoint of the two centres.
+* ``fpr:X``: a false-alarm-rate bound from a robust null model of the no-change scores: the bulk
+  of the sample (most pixels are unchanged) gives the location (median) and scale (1.4826 x MAD)
+  of a Gaussian null, and the threshold is its upper ``X`` quantile. ``fpr:0.001`` means "about
+  one false alarm per 1000 unchanged pixels" under that model.
+* ``value:X``: a fixed score threshold.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,9 +24,20 @@ from numpy.typing import NDArray
 
 from microchange.errors import ConfigError
 
-__all__ = ("THRESHOLDS", "Threshold", "fit_threshold", "otsu_threshold")
+__all__ = (
+    "THRESHOLDS",
+    "THRESHOLD_PATTERN",
+    "Threshold",
+    "fit_threshold",
+    "fpr_threshold",
+    "kittler_illingworth_threshold",
+    "kmeans_threshold",
+    "otsu_threshold",
+)
 
-THRESHOLDS = ("otsu", "value:X")
+THRESHOLDS = ("otsu", "kittler-illingworth", "kmeans", "fpr:X", "value:X")
+_NUMBER = r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?"
+THRESHOLD_PATTERN = re.compile(rf"^(otsu|kittler-illingworth|kmeans|fpr:{_NUMBER}|value:{_NUMBER})$")
 
 
 @dataclass(frozen=True)
@@ -19,7 +45,7 @@ class Threshold:
     """A fitted threshold: pixels with score > ``value`` are changed.
 
     Attributes:
-        method: How it was chosen ('otsu', 'value').
+        method: How it was chosen ('otsu', 'kittler-illingworth', 'kmeans', 'fpr', 'value').
         value: The score threshold.
         n_sample: Scores it was fitted on.
     """
@@ -29,29 +55,39 @@ class Threshold:
     n_sample: int
 
 
+def _finite(values: NDArray[np.floating]) -> NDArray[np.float64]:
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise ValueError("cannot fit a threshold on an empty sample")
+    return v
+
+
+def _histogram(v: NDArray[np.float64], nbins: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    hist, edges = np.histogram(v, bins=nbins, range=(float(v.min()), float(v.max())))
+    return hist.astype(np.float64), edges
+
+
 def otsu_threshold(values: NDArray[np.floating], *, nbins: int = 1024) -> float:
     """Otsu's threshold: maximises the between-class variance of a 1-D sample.
 
     Args:
-        values: 1-D finite scores (the global sample).
+        values: 1-D scores (the global sample); non-finite values are ignored.
         nbins: Histogram bins between the sample's minimum and maximum.
 
     Returns:
         The threshold; values strictly greater are the upper class.
 
     Raises:
-        ValueError: If ``values`` is empty.
+        ValueError: If ``values`` holds no finite value.
     """
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        raise ValueError("cannot fit a threshold on an empty sample")
+    v = _finite(values)
     lo, hi = float(v.min()), float(v.max())
     if hi <= lo:
         return lo
-    hist, edges = np.histogram(v, bins=nbins, range=(lo, hi))
+    hist, edges = _histogram(v, nbins)
     centers = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist).astype(np.float64)
+    w0 = np.cumsum(hist)
     w1 = w0[-1] - w0
     m0 = np.cumsum(hist * centers)
     mu0 = np.divide(m0, w0, out=np.zeros_like(m0), where=w0 > 0)
@@ -63,11 +99,100 @@ def otsu_threshold(values: NDArray[np.floating], *, nbins: int = 1024) -> float:
     return float((edges[first + 1] + edges[last + 1]) / 2)
 
 
+def kittler_illingworth_threshold(values: NDArray[np.floating], *, nbins: int = 1024) -> float:
+    """Minimum-error threshold of Kittler & Illingworth (two Gaussian classes).
+
+    Args:
+        values: 1-D scores; non-finite values are ignored.
+        nbins: Histogram bins between the sample's minimum and maximum.
+
+    Returns:
+        The threshold minimising the classification-error criterion J(t).
+
+    Raises:
+        ValueError: If ``values`` holds no finite value.
+    """
+    v = _finite(values)
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return lo
+    hist, edges = _histogram(v, nbins)
+    c = (edges[:-1] + edges[1:]) / 2
+    p = hist / hist.sum()
+    p1 = np.cumsum(p)
+    p2 = 1.0 - p1
+    m1 = np.cumsum(p * c)
+    s1 = np.cumsum(p * c * c)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu1 = m1 / p1
+        mu2 = (m1[-1] - m1) / p2
+        var1 = s1 / p1 - mu1**2
+        var2 = (s1[-1] - s1) / p2 - mu2**2
+        ok = (p1 > 1e-9) & (p2 > 1e-9) & (var1 > 1e-18) & (var2 > 1e-18)
+        j = np.full(c.shape, np.inf)
+        j[ok] = (p1[ok] * np.log(var1[ok]) + p2[ok] * np.log(var2[ok])
+                 - 2 * (p1[ok] * np.log(p1[ok]) + p2[ok] * np.log(p2[ok])))
+    if not np.isfinite(j).any():
+        return otsu_threshold(v, nbins=nbins)
+    return float(edges[int(np.argmin(j)) + 1])
+
+
+def kmeans_threshold(values: NDArray[np.floating], *, max_iter: int = 100) -> float:
+    """Midpoint of the two centres of 1-D 2-means (Lloyd's algorithm from the quartiles).
+
+    Args:
+        values: 1-D scores; non-finite values are ignored.
+        max_iter: Iterations at most.
+
+    Returns:
+        The threshold between the two clusters.
+
+    Raises:
+        ValueError: If ``values`` holds no finite value.
+    """
+    v = _finite(values)
+    c0, c1 = np.quantile(v, [0.25, 0.75])
+    for _ in range(max_iter):
+        t = (c0 + c1) / 2
+        lo, hi = v[v <= t], v[v > t]
+        if lo.size == 0 or hi.size == 0:
+            break
+        n0, n1 = lo.mean(), hi.mean()
+        if n0 == c0 and n1 == c1:
+            break
+        c0, c1 = n0, n1
+    return float((c0 + c1) / 2)
+
+
+def fpr_threshold(values: NDArray[np.floating], fpr: float) -> float:
+    """Upper ``fpr`` quantile of a robust Gaussian null fitted to the bulk of the scores.
+
+    Args:
+        values: 1-D scores; non-finite values are ignored.
+        fpr: Tolerated false-alarm rate in (0, 0.5).
+
+    Returns:
+        median + z(1 - fpr) * 1.4826 * MAD.
+
+    Raises:
+        ConfigError: If ``fpr`` is not in (0, 0.5).
+    """
+    if not 0 < fpr < 0.5:
+        raise ConfigError(f"fpr:{fpr!r} is out of range: use a rate in (0, 0.5), e.g. fpr:0.001")
+    from scipy.stats import norm
+
+    v = _finite(values)
+    med = float(np.median(v))
+    mad = float(np.median(np.abs(v - med))) * 1.4826
+    return med + float(norm.isf(fpr)) * mad
+
+
 def fit_threshold(spec: str, scores: NDArray[np.floating]) -> Threshold:
     """Fit a threshold named by ``spec`` on the global sample of scores.
 
     Args:
-        spec: 'otsu' or 'value:X'.
+        spec: One of :data:`THRESHOLDS` ('otsu', 'kittler-illingworth', 'kmeans', 'fpr:X',
+            'value:X').
         scores: 1-D sample of scores from across the whole raster.
 
     Returns:
@@ -76,12 +201,16 @@ def fit_threshold(spec: str, scores: NDArray[np.floating]) -> Threshold:
     Raises:
         ConfigError: If ``spec`` is not a known threshold.
     """
+    if not THRESHOLD_PATTERN.match(spec):
+        raise ConfigError(f"unknown threshold {spec!r}: use one of {', '.join(THRESHOLDS)}")
     n = int(np.isfinite(scores).sum())
     if spec == "otsu":
         return Threshold("otsu", otsu_threshold(scores), n)
-    if spec.startswith("value:"):
-        try:
-            return Threshold("value", float(spec.split(":", 1)[1]), n)
-        except ValueError:
-            pass
-    raise ConfigError(f"unknown threshold {spec!r}: use one of {', '.join(THRESHOLDS)}")
+    if spec == "kittler-illingworth":
+        return Threshold("kittler-illingworth", kittler_illingworth_threshold(scores), n)
+    if spec == "kmeans":
+        return Threshold("kmeans", kmeans_threshold(scores), n)
+    name, _, number = spec.partition(":")
+    if name == "fpr":
+        return Threshold("fpr", fpr_threshold(scores, float(number)), n)
+    return Threshold("value", float(number), n)

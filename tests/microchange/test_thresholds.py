@@ -21,3 +21,37 @@ def test_fixed_value_and_unknown_spec() -> None:
     assert fit_threshold("value:2.5", np.ones(4)).value == 2.5
     with pytest.raises(ConfigError, match="unknown threshold 'median'"):
         fit_threshold("median", np.ones(4))
+
+
+def _bimodal(n0: int = 9000, n1: int = 1000, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.normal(1.0, 0.2, n0), rng.normal(5.0, 0.6, n1)])
+
+
+@pytest.mark.parametrize("spec", ["otsu", "kittler-illingworth", "kmeans"])
+def test_every_histogram_threshold_separates_bimodal_data(spec: str) -> None:
+    values = _bimodal()
+    t = fit_threshold(spec, values)
+    assert t.method == spec and t.n_sample == values.size
+    truth = np.arange(values.size) >= 9000
+    assert ((values > t.value) == truth).mean() > 0.995
+
+
+def test_kittler_illingworth_handles_rare_change_better_than_otsu() -> None:
+    # 0.5 % change of higher variance: KI keeps false alarms low
+    values = _bimodal(n0=19900, n1=100, seed=1)
+    truth = np.arange(values.size) >= 19900
+    ki = fit_threshold("kittler-illingworth", values).value
+    assert ((values > ki) == truth).mean() > 0.995
+
+
+def test_fpr_threshold_bounds_false_alarms_of_a_gaussian_null() -> None:
+    rng = np.random.default_rng(2)
+    null = rng.normal(10.0, 2.0, 200_000)
+    t = fit_threshold("fpr:0.001", null)
+    assert t.method == "fpr"
+    assert 0.0005 < (null > t.value).mean() < 0.002
+    with_change = np.concatenate([null, rng.normal(30, 2, 2000)])  # 1 % change barely moves it
+    assert abs(fit_threshold("fpr:0.001", with_change).value - t.value) < 0.1
+    with pytest.raises(ConfigError, match="out of range"):
+        fit_threshold("fpr:0.7", null)
