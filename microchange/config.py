@@ -15,8 +15,10 @@ from microchange.scoring.thresholds import THRESHOLD_PATTERN, THRESHOLDS
 
 __all__ = (
     "SENSOR_DEFAULTS",
+    "POSTPROCESS_DEFAULTS",
     "DeepConfig",
     "DetectConfig",
+    "PostprocessConfig",
     "PreprocessConfig",
     "Sensor",
 )
@@ -47,6 +49,38 @@ class PreprocessConfig(BaseModel):
             "(0 = off). Suppresses noise and speckle; nodata never leaks into valid pixels."
         ),
     )
+
+
+class PostprocessConfig(BaseModel):
+    """Clean-up of the thresholded mask, applied across tile borders without seams."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_region_px: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Minimum mapping unit in pixels: connected changed regions smaller than this are "
+            "dropped (1 keeps single-pixel micro-changes)."
+        ),
+    )
+    min_region_m2: float | None = Field(
+        None,
+        ge=0,
+        description="Minimum mapping unit in square metres (needs a georeferenced grid); "
+        "overrides min_region_px.",
+    )
+    opening_radius: int = Field(
+        0, ge=0, le=10, description="Radius in pixels of a morphological opening (0 = off)."
+    )
+    closing_radius: int = Field(
+        0, ge=0, le=10, description="Radius in pixels of a morphological closing (0 = off)."
+    )
+
+    @property
+    def halo(self) -> int:
+        """Context pixels the morphology needs (each erosion/dilation consumes its radius)."""
+        return 2 * (self.opening_radius + self.closing_radius)
 
 
 class DeepConfig(BaseModel):
@@ -83,6 +117,11 @@ class DeepConfig(BaseModel):
         3, ge=1, le=100, description="Stop training after this many epochs without improvement."
     )
 
+
+POSTPROCESS_DEFAULTS: dict[str, PostprocessConfig] = {
+    "optical": PostprocessConfig(min_region_px=1),
+    "sar": PostprocessConfig(min_region_px=1),
+}
 
 SENSOR_DEFAULTS: dict[str, PreprocessConfig] = {
     "optical": PreprocessConfig(log_transform=False, smoothing_sigma=0.7),
@@ -138,6 +177,11 @@ class DetectConfig(BaseModel):
         ),
     )
     seed: int = Field(0, ge=0, description="Seed of the global sample (same seed, same result).")
+    postprocess: PostprocessConfig | None = Field(
+        None,
+        description="Mask clean-up (minimum mapping unit, opening, closing); None uses the "
+        "defaults of the sensor family.",
+    )
     batch_tiles: int = Field(
         4,
         ge=1,
@@ -168,6 +212,11 @@ class DetectConfig(BaseModel):
             if min(value) < 1:
                 raise ValueError(f"bands {value!r}: indexes are 1-based (the first band is 1)")
         return value
+
+    def resolved_postprocess(self) -> PostprocessConfig:
+        """The post-processing options in force: explicit ones, else the sensor family's."""
+        return self.postprocess if self.postprocess is not None else POSTPROCESS_DEFAULTS[
+            self.sensor]
 
     def resolved_preprocess(self) -> PreprocessConfig:
         """The preprocessing options in force: explicit ones, else the sensor family's."""

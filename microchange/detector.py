@@ -97,11 +97,20 @@ class Detector:
         score[~valid] = np.nan
         return score
 
-    def score_batch(self, tiles: Sequence[TileArrays]) -> list[NDArray[np.float32]]:
+    def score_batch(
+        self, tiles: Sequence[TileArrays], *, keep: int = 0
+    ) -> list[NDArray[np.float32]]:
         """Scores of several tiles at once (CNN extractors batch them through the network).
 
         Extractors that define ``extract_batch(blocks) -> list[FeatureSample]`` get all tiles in
-        one call; others are called tile by tile. Results equal :meth:`score` per tile.
+        one call; others are called tile by tile.
+
+        Args:
+            tiles: Tiles read with a halo of at least :attr:`halo` + ``keep``.
+            keep: Halo pixels to keep around each core (for post-processing).
+
+        Returns:
+            (h + 2 keep, w + 2 keep) float32 scores per tile; NaN where invalid.
         """
         prepared = [self._prepare(t) for t in tiles]
         batch_fn = getattr(self.extractor, "extract_batch", None)
@@ -111,8 +120,8 @@ class Detector:
             features = [self.extractor.extract(p) for p in prepared]
         out = []
         for tile, feats in zip(tiles, features, strict=True):
-            score = crop_core(self.scorer.score(feats), tile.halo).astype(np.float32)
-            valid = np.asarray(crop_core(tile.valid, tile.halo), dtype=bool)
+            score = crop_core(self.scorer.score(feats), tile.halo - keep).astype(np.float32)
+            valid = np.asarray(crop_core(tile.valid, tile.halo - keep), dtype=bool)
             score[~valid] = np.nan
             out.append(score)
         return out

@@ -38,7 +38,8 @@ from microchange.io.manifest import (
 )
 from microchange.io.rasters import Grid, PairReader, PathLike, TileArrays
 from microchange.io.tables import write_geoparquet
-from microchange.regions import Regions, extract_regions
+from microchange.postprocess import make_mask
+from microchange.regions import Regions, extract_regions, remove_small_regions
 from microchange.sampling import sample_blocks
 from microchange.scoring.thresholds import Threshold, fit_threshold
 from microchange.tiling import Tile, plan_tiles
@@ -136,7 +137,16 @@ def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: Det
         pixel_area = pair.pixel_area_m2()
     for w in warnings:
         log.warning(w)
-    halo = detector.halo
+    post = config.resolved_postprocess()
+    min_region_px = post.min_region_px
+    if post.min_region_m2 is not None:
+        if not math.isfinite(pixel_area):
+            raise InputError(
+                f"min_region_m2={post.min_region_m2!r} needs a georeferenced grid but "
+                f"{str(before)!r} has none: use min_region_px instead"
+            )
+        min_region_px = max(1, math.ceil(post.min_region_m2 / pixel_area))
+    halo = detector.halo + post.halo
     tiles = plan_tiles(grid.height, grid.width, tile_size=config.tile_size, halo=halo)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
     try:
@@ -158,6 +168,8 @@ def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: Det
         "alignment": alignment,
         "warnings": warnings,
         "halo": halo,
+        "post_halo": post.halo,
+        "min_region_px": min_region_px,
         "tiles": [[t.tile_id, t.row_off, t.col_off, t.height, t.width] for t in tiles],
         "inputs": inputs,
         "timings": {"plan_s": round(time.perf_counter() - t0, 3)},
@@ -259,14 +271,15 @@ def score_tiles(plan_path: PathLike, tile_ids: Sequence[int], *,
     if progress is not None and len(todo) < len(tile_ids):
         progress(len(tile_ids) - len(todo))
     batch = max(1, plan.config.batch_tiles)
+    post = plan.config.resolved_postprocess()
+    keep = int(plan.doc["post_halo"])
     with plan.reader() as pair:
         for start in range(0, len(todo), batch):
             ids = todo[start:start + batch]
-            scores = detector.score_batch([pair.read_tile(by_id[tid]) for tid in ids])
-            for tid, score in zip(ids, scores, strict=True):
+            blocks = detector.score_batch([pair.read_tile(by_id[tid]) for tid in ids], keep=keep)
+            for tid, block in zip(ids, blocks, strict=True):
                 tile = by_id[tid]
-                valid = np.isfinite(score)
-                mask = np.where(valid, score > threshold.value, 255).astype(np.uint8)
+                mask, score = make_mask(block, threshold.value, post, keep=keep)
                 write_part(plan.part("score", tid), score, plan.grid, tile, nodata=math.nan)
                 write_part(plan.part("mask", tid), mask, plan.grid, tile, nodata=255)
                 write_json_atomic(plan.part("tile", tid), _tile_stats(score, mask))
@@ -347,25 +360,40 @@ def finalise_detection(plan_path: PathLike, *, started: float | None = None) -> 
     tmp = {name: out / f".{name}.{run_id}.tmp" for name in OUTPUT_NAMES}
     try:
         ids = [t.tile_id for t in plan.tiles]
+        stats = {i: read_json(plan.part("tile", i)) for i in ids}
+
+        def _rewrite(tile: Tile, mask: np.ndarray) -> None:
+            write_part(plan.part("mask", tile.tile_id), mask, plan.grid, tile, nodata=255)
+            s = stats[tile.tile_id]
+            s["n_changed"] = int((mask == 1).sum())
+            s["changed_fraction"] = s["n_changed"] / s["n_valid"] if s["n_valid"] else 0.0
+
+        removed = remove_small_regions(
+            plan.tiles,
+            lambda t: read_part(plan.part("mask", t.tile_id)),  # type: ignore[arg-type,return-value]
+            _rewrite,
+            plan.grid,
+            min_px=int(plan.doc["min_region_px"]),
+        )
         assemble_cog([(t, plan.part("mask", t.tile_id)) for t in plan.tiles], plan.grid,
                      tmp["change_mask.tif"], dtype="uint8", nodata=255, resampling="nearest")
         assemble_cog([(t, plan.part("score", t.tile_id)) for t in plan.tiles], plan.grid,
                      tmp["change_score.tif"], dtype="float32", nodata=math.nan,
                      resampling="average")
         t_cog = time.perf_counter()
-        stats = [read_json(plan.part("tile", i)) for i in ids]
+        stats_list = [stats[i] for i in ids]
         regions = extract_regions(
             plan.tiles,
             lambda t: (read_part(plan.part("mask", t.tile_id)),  # type: ignore[arg-type,return-value]
                        read_part(plan.part("score", t.tile_id))),
             plan.grid,
         )
-        _write_tiles_table(tmp["tiles.parquet"], plan, stats)
+        _write_tiles_table(tmp["tiles.parquet"], plan, stats_list)
         _write_changes_table(tmp["changes.parquet"], plan, regions)
         t_vec = time.perf_counter()
         fit = read_json(plan.staging / "fit.json")
-        n_valid = sum(s["n_valid"] for s in stats)
-        n_changed = sum(s["n_changed"] for s in stats)
+        n_valid = sum(s["n_valid"] for s in stats_list)
+        n_changed = sum(s["n_changed"] for s in stats_list)
         px_area = plan.doc["grid"]["pixel_area_m2"]
         timings = dict(plan.doc["timings"])
         timings["fit_s"] = fit["fit_s"]
@@ -380,7 +408,8 @@ def finalise_detection(plan_path: PathLike, *, started: float | None = None) -> 
             "changed_area_m2": _nan_to_none(n_changed * px_area) if px_area else None,
             "regions": len(regions),
             "tiles": len(plan.tiles),
-            "tiles_changed": sum(1 for s in stats if s["n_changed"] > 0),
+            "tiles_changed": sum(1 for s in stats_list if s["n_changed"] > 0),
+            "removed_by_min_region_px": removed,
         }
         manifest = {
             "run_id": run_id,
@@ -395,6 +424,9 @@ def finalise_detection(plan_path: PathLike, *, started: float | None = None) -> 
             "grid": {k: v for k, v in plan.doc["grid"].items()},
             "tiling": {"tile_size": plan.config.tile_size, "halo": plan.doc["halo"],
                        "tiles": len(plan.tiles)},
+            "postprocess": {**plan.config.resolved_postprocess().model_dump(),
+                            "min_region_px_effective": plan.doc["min_region_px"]},
+            "preprocess": plan.config.resolved_preprocess().model_dump(),
             "device": "cpu",
             "threshold": fit["threshold"],
             "sample": fit["sample"],

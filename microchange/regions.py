@@ -9,7 +9,7 @@ Memory is one tile plus one row of labels the width of the raster, plus the regi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from scipy.sparse.csgraph import connected_components
 from microchange.io.rasters import Grid
 from microchange.tiling import Tile
 
-__all__ = ("Regions", "extract_regions")
+__all__ = ("Regions", "extract_regions", "remove_small_regions")
 
 _FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
@@ -59,6 +59,104 @@ class Regions:
         return len(self.geometry)
 
 
+class _Linker:
+    """Labels tile cores one by one and records which labels touch across tile edges."""
+
+    def __init__(self, width: int) -> None:
+        self.bottom = np.zeros(width, dtype=np.int64)  # labels on the last row of the tile above
+        self.right: NDArray[np.int64] | None = None  # last column of the tile to the left
+        self.width = width
+        self.links: list[NDArray[np.int64]] = []
+        self.offset = 0
+
+    def label(self, tile: Tile, mask: NDArray[np.uint8]) -> tuple[NDArray[np.int64], int]:
+        """Global provisional labels (0 = background) of a tile core, and their count."""
+        labels, n = ndimage.label(mask == 1, structure=_FOUR)
+        glob = np.where(labels > 0, labels.astype(np.int64) + self.offset, 0)
+        c0, c1 = tile.col_off, tile.col_off + tile.width
+        if n:
+            if tile.row_off > 0:
+                above = self.bottom[c0:c1]
+                both = (glob[0] > 0) & (above > 0)
+                self.links.append(np.stack([glob[0][both], above[both]]))
+            if tile.col_off > 0 and self.right is not None:
+                both = (glob[:, 0] > 0) & (self.right > 0)
+                self.links.append(np.stack([glob[:, 0][both], self.right[both]]))
+        self.bottom[c0:c1] = glob[-1]
+        self.right = glob[:, -1].copy() if c1 < self.width else None
+        self.offset += n
+        return glob, int(n)
+
+    def components(self) -> NDArray[np.int64]:
+        """Component id of each provisional label (index label - 1), numbered row-major."""
+        total = self.offset
+        edges = np.concatenate(self.links, axis=1) - 1 if self.links else np.zeros((2, 0), np.int64)
+        graph = coo_matrix(
+            (np.ones(edges.shape[1], dtype=np.int8), (edges[0], edges[1])), shape=(total, total)
+        )
+        _, comp = connected_components(graph, directed=False)
+        # Renumber components by first appearance so the order is row-major and deterministic.
+        _, first = np.unique(comp, return_index=True)
+        order = np.argsort(first)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        return np.asarray(rank[comp], dtype=np.int64)
+
+
+def remove_small_regions(
+    tiles: Sequence[Tile],
+    read_mask: Callable[[Tile], NDArray[np.uint8]],
+    write_mask: Callable[[Tile, NDArray[np.uint8]], None],
+    grid: Grid,
+    *,
+    min_px: int,
+) -> int:
+    """Minimum mapping unit: unset changed regions smaller than ``min_px`` pixels.
+
+    Regions are whole connected components across tile borders, so a region cut by a tile
+    edge is kept or dropped as a whole, whatever the tile size.
+
+    Args:
+        tiles: Tiles covering the grid, in row-major order.
+        read_mask: Returns the (h, w) uint8 mask of a tile core (1 changed, 0 no, 255 nodata).
+        write_mask: Stores a tile's filtered mask (called only for tiles that change).
+        grid: The output grid.
+        min_px: Smallest region kept, in pixels (1 keeps everything).
+
+    Returns:
+        The number of pixels unset.
+    """
+    if min_px <= 1:
+        return 0
+    linker = _Linker(grid.width)
+    counts: list[NDArray[np.int64]] = []
+    for tile in tiles:
+        glob, n = linker.label(tile, read_mask(tile))
+        if n:
+            local = glob[glob > 0] - (linker.offset - n) - 1
+            counts.append(np.bincount(local, minlength=n).astype(np.int64))
+    if linker.offset == 0:
+        return 0
+    comp = linker.components()
+    area = np.bincount(comp, weights=np.concatenate(counts)).round().astype(np.int64)
+    small = area[comp] < min_px  # per provisional label
+    removed = 0
+    replay = _Linker(grid.width)
+    for tile in tiles:
+        mask = read_mask(tile)
+        glob, n = replay.label(tile, mask)
+        if n:
+            drop = np.zeros(glob.shape, bool)
+            hit = glob > 0
+            drop[hit] = small[glob[hit] - 1]
+            if drop.any():
+                mask = mask.copy()
+                mask[drop] = 0
+                removed += int(drop.sum())
+                write_mask(tile, mask)
+    return removed
+
+
 def extract_regions(
     tiles: Iterable[Tile],
     read_tile: Callable[[Tile], tuple[NDArray[np.uint8], NDArray[np.float32]]],
@@ -75,62 +173,34 @@ def extract_regions(
     Returns:
         The regions, ordered by their first pixel in row-major tile order.
     """
-    bottom = np.zeros(grid.width, dtype=np.int64)  # labels on the last row of the tile above
-    right: NDArray[np.int64] | None = None  # labels on the last column of the tile to the left
-    links: list[NDArray[np.int64]] = []
+    linker = _Linker(grid.width)
     counts: list[NDArray[np.float64]] = []
     sums: list[NDArray[np.float64]] = []
     maxes: list[NDArray[np.float64]] = []
     piece_tile: list[NDArray[np.int64]] = []
     pieces: list[tuple[int, Any]] = []
-    offset = 0
     for tile in tiles:
         mask, score = read_tile(tile)
-        labels, n = ndimage.label(mask == 1, structure=_FOUR)
-        labels = labels.astype(np.int64)
-        c0, c1 = tile.col_off, tile.col_off + tile.width
-        if n:
-            idx = np.arange(1, n + 1)
-            s = np.where(np.isfinite(score), score, 0.0).astype(np.float64)
-            counts.append(np.asarray(np.bincount(labels.ravel(), minlength=n + 1)[1:], np.float64))
-            flat = labels.ravel()
-            sums.append(np.asarray(np.bincount(flat, weights=s.ravel(), minlength=n + 1)[1:],
-                                   np.float64))
-            maxes.append(np.asarray(ndimage.maximum(s, labels, idx), dtype=np.float64))
-            piece_tile.append(np.full(n, tile.tile_id, dtype=np.int64))
-            glob = np.where(labels > 0, labels + offset, 0)
-            transform = grid.window_transform(tile.row_off, tile.col_off)
-            for geom, value in shapes(
-                glob.astype(np.int32), mask=labels > 0, connectivity=4, transform=transform
-            ):
-                pieces.append((int(value) - 1, _polygon(geom)))
-            # Link with the tile above and the tile to the left (4-connectivity across edges).
-            if tile.row_off > 0:
-                above = bottom[c0:c1]
-                both = (glob[0] > 0) & (above > 0)
-                links.append(np.stack([glob[0][both], above[both]]))
-            if tile.col_off > 0 and right is not None:
-                both = (glob[:, 0] > 0) & (right > 0)
-                links.append(np.stack([glob[:, 0][both], right[both]]))
-        else:
-            glob = labels
-        bottom[c0:c1] = glob[-1]
-        right = glob[:, -1].copy() if c1 < grid.width else None
-        offset += n
-    if offset == 0:
+        glob, n = linker.label(tile, mask)
+        if not n:
+            continue
+        labels = np.where(glob > 0, glob - (linker.offset - n), 0)
+        idx = np.arange(1, n + 1)
+        s = np.where(np.isfinite(score), score, 0.0).astype(np.float64)
+        flat = labels.ravel()
+        counts.append(np.asarray(np.bincount(flat, minlength=n + 1)[1:], np.float64))
+        sums.append(np.asarray(np.bincount(flat, weights=s.ravel(), minlength=n + 1)[1:],
+                               np.float64))
+        maxes.append(np.asarray(ndimage.maximum(s, labels, idx), dtype=np.float64))
+        piece_tile.append(np.full(n, tile.tile_id, dtype=np.int64))
+        transform = grid.window_transform(tile.row_off, tile.col_off)
+        for geom, value in shapes(
+            glob.astype(np.int32), mask=glob > 0, connectivity=4, transform=transform
+        ):
+            pieces.append((int(value) - 1, _polygon(geom)))
+    if linker.offset == 0:
         return Regions()
-    # Connected components of the link graph over all provisional labels (1..offset).
-    edges = np.concatenate(links, axis=1) - 1 if links else np.zeros((2, 0), np.int64)
-    graph = coo_matrix(
-        (np.ones(edges.shape[1], dtype=np.int8), (edges[0], edges[1])), shape=(offset, offset)
-    )
-    _, comp = connected_components(graph, directed=False)
-    # Renumber components by first appearance so the order is row-major and deterministic.
-    _, first = np.unique(comp, return_index=True)
-    order = np.argsort(first)
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    comp = rank[comp]
+    comp = linker.components()
     n_reg = int(comp.max()) + 1
     cnt = np.bincount(comp, weights=np.concatenate(counts), minlength=n_reg)
     tot = np.bincount(comp, weights=np.concatenate(sums), minlength=n_reg)
