@@ -1,4 +1,4 @@
-"""Command line: ``microchange detect | demo | methods`` (also ``python -m microchange``).
+"""Command line: ``microchange detect | evaluate | demo | methods`` (also ``python -m microchange``).
 
 A thin layer: it parses options into a :class:`~microchange.config.DetectConfig` and runs the same
 stage functions as the Prefect flow (``--prefect`` runs the flow itself). Exit codes: 0 success,
@@ -82,6 +82,21 @@ def _config_from_args(args: argparse.Namespace) -> DetectConfig:
         if args.log_transform is not None:
             pre["log_transform"] = args.log_transform
         base["preprocess"] = PreprocessConfig(**pre).model_dump()
+    post_flags = {"min_region_px": args.min_region_px, "min_region_m2": args.min_region_m2,
+                  "opening_radius": args.opening, "closing_radius": args.closing}
+    if any(v is not None for v in post_flags.values()):
+        sensor = base.get("sensor", "optical")
+        post = dict(base.get("postprocess") or DetectConfig(sensor=sensor).resolved_postprocess()
+                    .model_dump())
+        post.update({k: v for k, v in post_flags.items() if v is not None})
+        base["postprocess"] = post
+    deep = dict(base.get("deep") or {})
+    for key in ("device", "backbone", "layers", "weights", "model", "objective", "epochs"):
+        value = getattr(args, key, None)
+        if value is not None:
+            deep[key] = value
+    if deep:
+        base["deep"] = deep
     return DetectConfig.model_validate(base)
 
 
@@ -100,7 +115,8 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
                    "(default cva)")
     p.add_argument("--sensor", choices=("optical", "sar"),
                    help="sensor family whose defaults apply (default optical)")
-    p.add_argument("--threshold", help="'otsu' or 'value:X' (default: the method's own)")
+    p.add_argument("--threshold", help="otsu, kittler-illingworth, kmeans, fpr:X (false-alarm "
+                   "rate, e.g. fpr:0.001) or value:X (default: the method's own)")
     p.add_argument("--tile-size", type=int, dest="tile_size",
                    help="tile side in pixels (default 512); results do not depend on it")
     p.add_argument("--bands", type=_parse_bands, help="1-based bands to use, e.g. 1,2,3,4")
@@ -111,6 +127,23 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
                    help="Gaussian smoothing of both dates in pixels (sensor default)")
     p.add_argument("--log-transform", action=argparse.BooleanOptionalAction, default=None,
                    dest="log_transform", help="work on log values (default: on for sar)")
+    p.add_argument("--min-region-px", type=int, dest="min_region_px",
+                   help="minimum mapping unit in pixels (default 1: keep micro-changes)")
+    p.add_argument("--min-region-m2", type=float, dest="min_region_m2",
+                   help="minimum mapping unit in square metres (georeferenced inputs)")
+    p.add_argument("--opening", type=int, help="morphological opening radius in px (0)")
+    p.add_argument("--closing", type=int, help="morphological closing radius in px (0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                   help="where CNN methods run (default auto: CUDA when present)")
+    p.add_argument("--backbone", help="torchvision backbone of the 'backbone' method: resnet18, "
+                   "resnet34, resnet50, vgg16 (default resnet18)")
+    p.add_argument("--layers", type=lambda s: tuple(x for x in s.split(",") if x),
+                   help="backbone layers to combine, comma-separated (default per backbone)")
+    p.add_argument("--weights", help="local file of pretrained backbone weights (default: random)")
+    p.add_argument("--model", help="checkpoint from `microchange train` for the 'learned' method "
+                   "(default: train on the pair itself)")
+    p.add_argument("--objective", help="unsupervised objective of the 'learned' method")
+    p.add_argument("--epochs", type=int, help="maximum training epochs of the 'learned' method")
     p.add_argument("--config", help="JSON file with DetectConfig fields (flags override it)")
     p.add_argument("--prefect", action="store_true",
                    help="run through the Prefect flow 'detect-changes' (starts a local API if "
@@ -144,6 +177,30 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="scene seed (0)")
     demo.add_argument("--no-prefect", action="store_true",
                       help="run the stages directly instead of through the Prefect flow")
+    evaluate = sub.add_parser(
+        "evaluate", help="score a detection run against a ground truth",
+        description="Score OUT_DIR (the --out folder of `microchange detect`) against a truth "
+                    "raster on the same pixel grid; write OUT_DIR/metrics.json and "
+                    "OUT_DIR/report.html.",
+    )
+    evaluate.add_argument("out_dir", metavar="OUT_DIR", help="folder of a finished detection run")
+    evaluate.add_argument("--truth", required=True, metavar="GT",
+                          help="ground-truth raster (any GDAL format), same size as the mask")
+    evaluate.add_argument("--changed-values", type=int, nargs="+", default=[255],
+                          dest="changed_values", metavar="V",
+                          help="truth values meaning changed (default 255)")
+    evaluate.add_argument("--ignore-values", type=int, nargs="*", default=[],
+                          dest="ignore_values", metavar="V",
+                          help="truth values excluded from scoring (unknown class)")
+    evaluate.add_argument("--unchanged-values", type=int, nargs="+", default=None,
+                          dest="unchanged_values", metavar="V",
+                          help="truth values meaning unchanged (sparse truth: other values are "
+                               "not scored); default every value not changed or ignored")
+    evaluate.add_argument("--truth-threshold", type=float, default=None, dest="truth_threshold",
+                          metavar="N", help="changed = truth > N (lossy JPEG masks), instead "
+                                            "of --changed-values")
+    evaluate.add_argument("--no-report", action="store_true", dest="no_report",
+                          help="write metrics.json only, no report.html")
     sub.add_parser("methods", help="list the available methods")
     return parser
 
@@ -170,7 +227,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from microchange.evaluation import evaluate_mask
+    from microchange.evaluation import evaluate_run
+    from microchange.report import write_report
     from microchange.synthetic import make_scene, write_scene
 
     t0 = time.perf_counter()
@@ -183,11 +241,44 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"{len(scene.changes)} implanted changes -> {inputs}")
     summary = _run(DetectConfig(), str(paths["before"]), str(paths["after"]), str(out),
                    use_prefect=not args.no_prefect, quiet=False)
-    metrics = evaluate_mask(out / "change_mask.tif", paths["truth"], changed_values=(1,))
+    metrics = evaluate_run(out, paths["truth"], changed_values=(1,))
+    report = write_report(out, metrics)
     print(f"outputs in {summary['out']}: " + ", ".join(summary["outputs"]))
     print(_summary_line(summary, time.perf_counter() - t0))
-    print(f"against the implanted truth: precision {metrics['precision']:.3f}, "
-          f"recall {metrics['recall']:.3f}, F1 {metrics['f1']:.3f}")
+    print(f"against the implanted truth: {_metrics_line(metrics)}")
+    print(f"report: {report}")
+    return EXIT_OK
+
+
+def _metrics_line(m: dict[str, Any]) -> str:
+    def auc(key: str) -> str:
+        return "n/a" if m[key] is None else f"{m[key]:.3f}"
+
+    obj = m["object_recall"]
+    sizes = " ".join(f"{name} {c['n_detected']}/{c['n_objects']}"
+                     for name, c in obj["by_size"].items())
+    return (f"precision {m['precision']:.3f}, recall {m['recall']:.3f}, F1 {m['f1']:.3f}, "
+            f"IoU {m['iou']:.3f}, kappa {m['kappa']:.3f}, PR-AUC {auc('pr_auc')}, "
+            f"ROC-AUC {auc('roc_auc')}; objects {obj['n_detected']}/{obj['n_objects']} "
+            f"({sizes})")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from microchange.evaluation import METRICS_NAME, evaluate_run
+    from microchange.report import write_report
+
+    out = Path(args.out_dir)
+    if not out.is_dir():
+        raise InputError(f"OUT_DIR {str(out)!r} is not a folder: give the --out folder of "
+                         "`microchange detect BEFORE AFTER --out DIR` (run it first)")
+    metrics = evaluate_run(out, args.truth, changed_values=args.changed_values,
+                           ignore_values=args.ignore_values,
+                           unchanged_values=args.unchanged_values,
+                           truth_threshold=args.truth_threshold)
+    print(_metrics_line(metrics))
+    print(f"metrics: {out / METRICS_NAME}")
+    if not args.no_report:
+        print(f"report: {write_report(out, metrics)}")
     return EXIT_OK
 
 
@@ -209,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("MICROCHANGE_LOG_LEVEL", "WARNING"),
                         format="%(levelname)s %(name)s: %(message)s")
-    commands = {"detect": _cmd_detect, "demo": _cmd_demo, "methods": _cmd_methods}
+    commands = {"detect": _cmd_detect, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
+                "methods": _cmd_methods}
     try:
         return commands[args.command](args)
     except InputError as exc:
@@ -223,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("microchange: interrupted; no output was replaced", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - last resort: say what failed, exit 1
+    except Exception as exc:  # last resort: say what failed, exit 1
         if os.environ.get("MICROCHANGE_DEBUG"):
             raise
         print(f"microchange: failed: {type(exc).__name__}: {exc} "

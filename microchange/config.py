@@ -29,10 +29,23 @@ Sensor = Literal["optical", "sar"]
 
 
 class PreprocessConfig(BaseModel):
-    """Per-pixel preparation of both dates before features are extracted."""
+    """Preparation of both dates before features are extracted."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    coregister: bool = Field(
+        True,
+        description=(
+            "Estimate the global sub-pixel shift of AFTER against BEFORE by phase correlation "
+            "on blocks spread over the raster, and correct it when above coregister_min_shift."
+        ),
+    )
+    coregister_min_shift: float = Field(
+        0.1,
+        ge=0.0,
+        le=5.0,
+        description="Smallest estimated shift in pixels that is corrected.",
+    )
     log_transform: bool = Field(
         False,
         description=(

@@ -26,7 +26,8 @@ import numpy as np
 import pyarrow as pa
 import shapely
 
-from microchange.config import DetectConfig
+from microchange.config import DetectConfig, PreprocessConfig
+from microchange.coregistration import estimate_shift
 from microchange.detector import Detector, build_detector
 from microchange.errors import InputError, MicrochangeError, NoOverlapError, OutputError
 from microchange.io.cog import assemble_cog, read_part, write_part
@@ -39,10 +40,11 @@ from microchange.io.manifest import (
 from microchange.io.rasters import Grid, PairReader, PathLike, TileArrays
 from microchange.io.tables import write_geoparquet
 from microchange.postprocess import make_mask
+from microchange.preprocess import preprocess_image
 from microchange.regions import Regions, extract_regions, remove_small_regions
 from microchange.sampling import sample_blocks
 from microchange.scoring.thresholds import Threshold, fit_threshold
-from microchange.tiling import Tile, plan_tiles
+from microchange.tiling import Tile, iter_blocks, plan_tiles
 
 __all__ = (
     "OUTPUT_NAMES",
@@ -80,7 +82,9 @@ class _Plan:
         self.out = Path(self.doc["out"])
 
     def reader(self) -> PairReader:
-        return PairReader(self.doc["before"], self.doc["after"], bands=self.config.bands)
+        shift = self.doc["coregistration"]["applied_shift"]
+        return PairReader(self.doc["before"], self.doc["after"], bands=self.config.bands,
+                          after_shift=(shift[0], shift[1]))
 
     def detector(self) -> Detector:
         det = build_detector(self.config)
@@ -106,6 +110,35 @@ def _input_info(path: str, files: Sequence[str], ds: Any) -> dict[str, Any]:
     }
 
 
+_COREG_BLOCK = 256
+_COREG_BLOCKS = 16
+
+
+def _estimate_coregistration(
+    pair: PairReader, pre: PreprocessConfig, *, seed: int
+) -> dict[str, Any]:
+    """Global sub-pixel shift of AFTER from up to 16 blocks of 256 px spread over the raster."""
+    if not pre.coregister:
+        return {"enabled": False, "applied_shift": [0.0, 0.0]}
+    g = pair.grid
+    grid_blocks = list(iter_blocks(g.height, g.width, _COREG_BLOCK))
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(grid_blocks), size=min(_COREG_BLOCKS, len(grid_blocks)),
+                                replace=False))
+    blocks = []
+    for j in chosen.tolist():
+        r, c, h, w = grid_blocks[j]
+        arr = pair.read(r, r + h, c, c + w)
+        blocks.append((preprocess_image(arr.before, arr.valid, pre),
+                       preprocess_image(arr.after, arr.valid, pre), arr.valid))
+    est = estimate_shift(blocks)
+    applied = est.n_blocks > 0 and est.magnitude >= pre.coregister_min_shift
+    if applied:
+        log.info("co-registration: AFTER shifted by (%.3f, %.3f) px", est.dy, est.dx)
+    return {"enabled": True, "estimate": est.as_dict(), "applied": applied,
+            "applied_shift": [est.dy, est.dx] if applied else [0.0, 0.0]}
+
+
 def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: DetectConfig) -> str:
     """Stage 1: check both inputs, plan the tile grid and create the staging folder.
 
@@ -127,7 +160,9 @@ def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: Det
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {str(out)!r} is a file: give a folder for the outputs")
     detector = build_detector(config)  # unknown method -> clear error before any I/O
+    pre = config.resolved_preprocess()
     with PairReader(before, after, bands=config.bands) as pair:
+        coreg = _estimate_coregistration(pair, pre, seed=config.seed)
         grid = pair.grid
         inputs = {
             "before": _input_info(str(before), pair._before.files, pair._before),
@@ -166,6 +201,7 @@ def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: Det
         "grid": {"height": grid.height, "width": grid.width, "transform": list(grid.transform),
                  "crs_wkt": grid.crs_wkt, "pixel_area_m2": pixel_area},
         "alignment": alignment,
+        "coregistration": coreg,
         "warnings": warnings,
         "halo": halo,
         "post_halo": post.halo,
@@ -420,6 +456,7 @@ def finalise_detection(plan_path: PathLike, *, started: float | None = None) -> 
             "inputs": plan.doc["inputs"],
             "bands": plan.doc["bands"],
             "alignment": plan.doc["alignment"],
+            "coregistration": plan.doc["coregistration"],
             "warnings": plan.doc["warnings"],
             "grid": {k: v for k, v in plan.doc["grid"].items()},
             "tiling": {"tile_size": plan.config.tile_size, "halo": plan.doc["halo"],

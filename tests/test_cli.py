@@ -22,7 +22,7 @@ def test_detect_success_prints_summary(planted_pair, tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--method", "nope"], "unknown method 'nope': choose one of cva"),
+    (["--method", "nope"], "unknown method 'nope': choose one of "),
     (["--threshold", "median"], "invalid threshold 'median'"),
     (["--tile-size", "8"], "tile_size: Input should be greater than or equal to 32"),
     (["--bands", "1,9"], "band(s) [9] requested but BEFORE"),

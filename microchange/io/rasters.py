@@ -137,6 +137,8 @@ class PairReader:
         before: Raster at t0; defines the output grid.
         after: Raster at t1; resampled onto BEFORE's grid if its grid differs.
         bands: 1-based band indexes used from both rasters (default: all).
+        after_shift: Sub-pixel (rows, columns) shift applied to AFTER after alignment, from
+            :func:`microchange.coregistration.estimate_shift` (default: none).
 
     Raises:
         RasterReadError: If a file cannot be read.
@@ -147,8 +149,14 @@ class PairReader:
     """
 
     def __init__(
-        self, before: PathLike, after: PathLike, *, bands: tuple[int, ...] | None = None
+        self,
+        before: PathLike,
+        after: PathLike,
+        *,
+        bands: tuple[int, ...] | None = None,
+        after_shift: tuple[float, float] = (0.0, 0.0),
     ) -> None:
+        self.after_shift = (float(after_shift[0]), float(after_shift[1]))
         self.before_path = str(before)
         self.after_path = str(after)
         self._before = open_raster(before, role="BEFORE")
@@ -257,25 +265,56 @@ class PairReader:
         return len(self.bands)
 
     def read(self, r0: int, r1: int, c0: int, c1: int) -> TileArrays:
-        """Read rows r0:r1 and columns c0:c1 of both dates (inside the raster, no halo)."""
+        """Read rows r0:r1 and columns c0:c1 of both dates (inside the raster, no halo).
+
+        AFTER is co-registered by ``after_shift`` when one is set.
+        """
         window = Window(c0, r0, c1 - c0, r1 - r0)
         idx = list(self.bands)
         before = self._before.read(idx, window=window, out_dtype="float32")
         valid = self._before.dataset_mask(window=window) > 0
-        if self._alpha is not None:
-            stack = self._after.read([*idx, self._alpha], window=window, out_dtype="float32")
-            after, alpha = stack[:-1], stack[-1]
-            valid &= alpha > 0
-            if self._after_src.nodata is not None:
-                valid &= ~np.any(after == np.float32(self._after_src.nodata), axis=0)
+        if self.after_shift != (0.0, 0.0):
+            after, valid_after = self._read_after_shifted(r0, r1, c0, c1)
+            valid &= valid_after
         else:
-            after = self._after.read(idx, window=window, out_dtype="float32")
-            valid &= self._after.dataset_mask(window=window) > 0
+            after, valid_after = self._read_after(window)
+            valid &= valid_after
         if before.dtype.kind == "f":
             valid &= np.isfinite(before).all(axis=0) & np.isfinite(after).all(axis=0)
         before[:, ~valid] = 0.0
         after[:, ~valid] = 0.0
         return TileArrays(before, after, valid, 0)
+
+    def _read_after(self, window: Window) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        idx = list(self.bands)
+        if self._alpha is not None:
+            stack = self._after.read([*idx, self._alpha], window=window, out_dtype="float32")
+            after, alpha = stack[:-1], stack[-1]
+            valid = alpha > 0
+            if self._after_src.nodata is not None:
+                valid &= ~np.any(after == np.float32(self._after_src.nodata), axis=0)
+        else:
+            after = self._after.read(idx, window=window, out_dtype="float32")
+            valid = self._after.dataset_mask(window=window) > 0
+        valid &= np.isfinite(after).all(axis=0)
+        after[:, ~valid] = 0.0
+        return after, valid
+
+    def _read_after_shifted(
+        self, r0: int, r1: int, c0: int, c1: int
+    ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        from microchange.coregistration import shift_image, shift_margin
+
+        dy, dx = self.after_shift
+        m = shift_margin(dy, dx)
+        h, w = self._before.height, self._before.width
+        tile = Tile(0, r0, c0, r1 - r0, c1 - c0, halo=m)
+        rr0, rr1, cc0, cc1 = tile.read_bounds(h, w)
+        after, valid = self._read_after(Window(cc0, rr0, cc1 - cc0, rr1 - rr0))
+        pads = tile.pad_widths(h, w)
+        after = pad_to_halo(after, pads)  # type: ignore[assignment]
+        valid = pad_to_halo(valid, pads)  # type: ignore[assignment]
+        return shift_image(after, valid, dy, dx, m)
 
     def read_tile(self, tile: Tile) -> TileArrays:
         """Read a tile's core and halo; the halo beyond the raster edge is reflected."""

@@ -35,8 +35,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
 
 from microchange.features.base import FeatureSample, State
 from microchange.tiling import crop_core
@@ -137,9 +135,14 @@ class PcaKMeansScorer:
         Raises:
             ValueError: If the sample holds no valid pixel.
         """
+        # sklearn costs ~1.5 s to import: only runs that fit this scorer pay for it.
+        from sklearn.cluster import KMeans
+        from sklearn.decomposition import PCA
+
         x = self._sample_vectors(samples)
         n_comp = min(self.components, x.shape[0])
-        pca = PCA(n_components=n_comp, svd_solver="full", random_state=self.seed).fit(x)
+        # (n, h*h) with n >> h*h: the eigenvectors of the h*h covariance are the exact PCA.
+        pca = PCA(n_components=n_comp, svd_solver="covariance_eigh").fit(x)
         proj = pca.transform(x)
         km = KMeans(n_clusters=2, n_init=_N_INIT, random_state=self.seed).fit(proj)
         centres = np.asarray(km.cluster_centers_, dtype=np.float64)
