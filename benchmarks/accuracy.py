@@ -29,11 +29,17 @@ COLUMNS = ("dataset", "family", "method", "precision", "recall", "f1", "kappa", 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="cva", help="comma-separated method names")
+    parser.add_argument("--methods", default="cva",
+                        help="comma-separated method names, optionally METHOD+SCORER "
+                             "(e.g. cva,cva+mahalanobis,backbone+density)")
+    parser.add_argument("--threshold", default=None,
+                        help="threshold spec for every run (default: each method's own)")
     parser.add_argument("--work", default="out/bench", help="work/output folder")
     parser.add_argument("--sigma", type=float, default=None,
                         help="override the smoothing sigma of every family (ablation)")
     parser.add_argument("--only", default="", help="comma-separated dataset name filter")
+    parser.add_argument("--objective", default=None,
+                        help="objective of the 'learned' method (default: per sensor family)")
     args = parser.parse_args(argv)
     if not shared_data_root().exists():
         print(f"no benchmark data at {shared_data_root()}: set MICROCHANGE_SHARED_DATA")
@@ -41,14 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     rows = []
     warnings.simplefilter("ignore")
-    for pair in list_pairs(work / "inputs"):
+    for pair in list_pairs(work / "inputs", oscd_folders=True):
         if args.only and not any(s in pair.name for s in args.only.split(",")):
             continue
         sensor = "sar" if pair.family == "sar" else "optical"
         for method in args.methods.split(","):
             out = work / "runs" / f"{pair.name}-{method}"
             t0 = time.perf_counter()
-            cfg = DetectConfig(method=method, sensor=sensor)
+            name, _, scorer = method.partition("+")  # e.g. "backbone+density"
+            cfg = DetectConfig(method=name, sensor=sensor, scorer=scorer or None,
+                               threshold=args.threshold, bands=pair.bands)
+            if args.objective is not None:
+                cfg = cfg.model_copy(update={"deep": cfg.deep.model_copy(
+                    update={"objective": args.objective})})
             if args.sigma is not None:
                 pre = cfg.resolved_preprocess().model_copy(update={"smoothing_sigma": args.sigma})
                 cfg = cfg.model_copy(update={"preprocess": pre})

@@ -158,6 +158,15 @@ class DetectConfig(BaseModel):
         "cva",
         description="Change detection method by name (see `microchange detect --help`).",
     )
+    scorer: Literal["distance", "mahalanobis", "density", "cluster"] | None = Field(
+        None,
+        description=(
+            "Replace the method's own scorer: 'distance' (change-vector magnitude), "
+            "'mahalanobis' (robust covariance of the differences), 'density' (negative "
+            "log-likelihood under a Gaussian mixture of the differences, BIC), 'cluster' "
+            "(PCA-KMeans margin); all are fitted on the global sample."
+        ),
+    )
     threshold: str | None = Field(
         None,
         description=(

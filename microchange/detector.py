@@ -25,7 +25,7 @@ from microchange.scoring.distance import CvaScorer
 from microchange.scoring.pca_kmeans import PcaKMeansScorer
 from microchange.tiling import crop_core
 
-__all__ = ("METHODS", "Detector", "build_detector", "method_names")
+__all__ = ("METHODS", "SCORERS", "Detector", "build_detector", "method_names")
 
 
 class Detector:
@@ -162,6 +162,22 @@ METHODS: dict[str, Callable[[DetectConfig], Detector]] = {
 """Method name -> factory building an unfitted :class:`Detector` from a config."""
 
 
+def _scorer_factories() -> dict[str, Callable[[DetectConfig], tuple[Scorer, str]]]:
+    from microchange.scoring.density import DensityScorer
+    from microchange.scoring.distance import MahalanobisScorer
+
+    return {
+        "distance": lambda c: (CvaScorer(), "otsu"),
+        "mahalanobis": lambda c: (MahalanobisScorer(seed=c.seed), "otsu"),
+        "density": lambda c: (DensityScorer(seed=c.seed), "otsu"),
+        "cluster": lambda c: (PcaKMeansScorer(seed=c.seed), "value:0"),
+    }
+
+
+SCORERS = ("distance", "mahalanobis", "density", "cluster")
+"""Names accepted by ``--scorer``: they replace the method's own scorer."""
+
+
 def method_names() -> tuple[str, ...]:
     """Names accepted by ``--method``."""
     return tuple(sorted(METHODS))
@@ -179,4 +195,13 @@ def build_detector(config: DetectConfig) -> Detector:
         raise UnknownMethodError(
             f"unknown method {config.method!r}: choose one of {', '.join(method_names())}"
         ) from None
-    return factory(config)
+    detector = factory(config)
+    if config.scorer is not None:
+        scorers = _scorer_factories()
+        if config.scorer not in scorers:
+            raise UnknownMethodError(
+                f"unknown scorer {config.scorer!r}: choose one of {', '.join(SCORERS)}"
+            )
+        detector.scorer, detector.default_threshold = scorers[config.scorer](config)
+        detector.method = f"{config.method}+{config.scorer}"
+    return detector

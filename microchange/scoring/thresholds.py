@@ -7,15 +7,16 @@ Specs accepted by ``--threshold``:
 * ``kittler-illingworth``: minimum-error thresholding with two Gaussian classes of their own
   variance and weight (Kittler & Illingworth 1986); copes better with unequal class sizes.
 * ``kmeans``: 2-means on the scores; the threshold is the midpoint of the two centres.
-* ``fpr:X``: a false-alarm-rate bound from a robust null model of the no-change scores: the bulk
-  of the sample (most pixels are unchanged) gives the location (median) and scale (1.4826 x MAD)
-  of a Gaussian null, and the threshold is its upper ``X`` quantile. ``fpr:0.001`` means "about
-  one false alarm per 1000 unchanged pixels" under that model.
+* ``fpr:X``: a false-alarm-rate bound from a robust null model of the no-change scores, fitted on
+  the bulk of the sample (most pixels are unchanged): a scaled chi law for non-negative scores
+  (change-vector magnitudes), a Gaussian with median and MAD otherwise; the threshold is its upper
+  ``X`` quantile. ``fpr:0.001`` means "about one false alarm per 1000 unchanged pixels".
 * ``value:X``: a fixed score threshold.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -164,15 +165,48 @@ def kmeans_threshold(values: NDArray[np.floating], *, max_iter: int = 100) -> fl
     return float((c0 + c1) / 2)
 
 
+def _gamma_null_threshold(v: NDArray[np.float64], fpr: float) -> float | None:
+    """Upper ``fpr`` quantile of a Gamma law fitted to the squared scores by their quartiles.
+
+    A change-vector magnitude of no-change pixels is a scaled chi: its square is Gamma-distributed
+    (shape = half the effective degrees of freedom). Shape and scale are solved from the ratio of
+    the quartiles and the median of ``v**2``, which the few changed pixels barely move.
+    """
+    from scipy.optimize import brentq
+    from scipy.stats import gamma
+
+    sq = v * v
+    q25, q50, q75 = np.quantile(sq, [0.25, 0.5, 0.75])
+    if q25 <= 0 or q75 <= q25:
+        return None
+    ratio = q75 / q25
+
+    def _gap(log_a: float) -> float:
+        a = math.exp(log_a)
+        return float(gamma.ppf(0.75, a) / gamma.ppf(0.25, a)) - ratio
+
+    lo, hi = math.log(0.05), math.log(5000.0)
+    if _gap(lo) * _gap(hi) > 0:
+        return None
+    shape = math.exp(brentq(_gap, lo, hi, xtol=1e-6))
+    scale = q50 / float(gamma.median(shape))
+    return math.sqrt(float(gamma.isf(fpr, shape, scale=scale)))
+
+
 def fpr_threshold(values: NDArray[np.floating], fpr: float) -> float:
-    """Upper ``fpr`` quantile of a robust Gaussian null fitted to the bulk of the scores.
+    """Upper ``fpr`` quantile of a robust no-change null model fitted to the scores.
+
+    Non-negative scores (magnitudes, distances) get a scaled-chi null: a Gamma law for the squared
+    scores, fitted by quartiles. Scores that can be negative get a Gaussian null with the median
+    as location and 1.4826 x MAD as scale. Both fits use robust statistics of the bulk, which is
+    unchanged in any scene where change is the exception.
 
     Args:
         values: 1-D scores; non-finite values are ignored.
         fpr: Tolerated false-alarm rate in (0, 0.5).
 
     Returns:
-        median + z(1 - fpr) * 1.4826 * MAD.
+        The score threshold.
 
     Raises:
         ConfigError: If ``fpr`` is not in (0, 0.5).
@@ -182,6 +216,10 @@ def fpr_threshold(values: NDArray[np.floating], fpr: float) -> float:
     from scipy.stats import norm
 
     v = _finite(values)
+    if v.min() >= 0:
+        t = _gamma_null_threshold(v, fpr)
+        if t is not None:
+            return t
     med = float(np.median(v))
     mad = float(np.median(np.abs(v - med))) * 1.4826
     return med + float(norm.isf(fpr)) * mad

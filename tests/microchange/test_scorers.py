@@ -1,0 +1,89 @@
+"""Scorers fitted on the global sample: they find planted change, stay quiet without change."""
+
+import numpy as np
+import pytest
+import rasterio
+
+from microchange.config import DetectConfig, PreprocessConfig
+from microchange.detector import build_detector
+from microchange.errors import UnknownMethodError
+from microchange.evaluation import evaluate_mask
+from microchange.pipeline import run_detection
+from microchange.synthetic import make_scene, write_scene
+
+SCORERS = ("distance", "mahalanobis", "density", "cluster")
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    changed = make_scene(height=160, width=192, n_changes=12, seed=11)
+    quiet = make_scene(height=160, width=192, n_changes=0, seed=11)
+    return (write_scene(changed, root / "changed", dtype="float32", scale=1.0),
+            write_scene(quiet, root / "quiet", dtype="float32", scale=1.0))
+
+
+@pytest.mark.parametrize(("scorer", "floor"), [("distance", 0.6), ("mahalanobis", 0.6),
+                                                ("density", 0.4), ("cluster", 0.3)])
+def test_each_scorer_finds_planted_changes(scenes, tmp_path, scorer, floor) -> None:
+    paths, _ = scenes
+    threshold = None if scorer == "cluster" else "fpr:0.0001"
+    run_detection(paths["before"], paths["after"], tmp_path / "o",
+                  DetectConfig(scorer=scorer, threshold=threshold, tile_size=64))
+    m = evaluate_mask(tmp_path / "o" / "change_mask.tif", paths["truth"], changed_values=(1,))
+    assert m["f1"] >= floor, m
+
+
+@pytest.mark.parametrize("scorer", ["distance", "mahalanobis"])
+def test_no_change_pair_is_quiet_with_the_false_alarm_threshold(scenes, tmp_path, scorer) -> None:
+    _, paths = scenes
+    s = run_detection(paths["before"], paths["after"], tmp_path / "o",
+                      DetectConfig(scorer=scorer, threshold="fpr:0.0001", tile_size=64))
+    assert s["counts"]["changed_fraction"] < 0.001
+
+
+def test_same_image_twice_is_quiet_with_every_scorer(scenes, tmp_path) -> None:
+    _, paths = scenes
+    for scorer in ("distance", "mahalanobis", "density"):
+        for threshold in ("otsu", "kittler-illingworth", "fpr:0.001"):
+            s = run_detection(paths["before"], paths["before"], tmp_path / f"{scorer}{threshold}",
+                              DetectConfig(scorer=scorer, threshold=threshold, tile_size=96))
+            assert s["counts"]["changed_fraction"] < 0.001, (scorer, threshold)
+
+
+@pytest.mark.parametrize("scorer", ["mahalanobis", "density"])
+def test_fitted_scorers_are_tile_size_invariant(scenes, tmp_path, scorer) -> None:
+    paths, _ = scenes
+    out = []
+    for size in (48, 512):
+        run_detection(paths["before"], paths["after"], tmp_path / str(size),
+                      DetectConfig(scorer=scorer, tile_size=size,
+                                   preprocess=PreprocessConfig(smoothing_sigma=0.7)))
+        with rasterio.open(tmp_path / str(size) / "change_score.tif") as src:
+            out.append(src.read(1))
+    np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_scorer_state_round_trip(planted_pair, tmp_path) -> None:
+    from microchange.io.rasters import PairReader
+    from microchange.tiling import Tile
+
+    before, after, _ = planted_pair
+    cfg = DetectConfig(scorer="density")
+    with PairReader(before, after) as pair:
+        tile = pair.read_tile(Tile(0, 0, 0, 150, 170, halo=build_detector(cfg).halo))
+    det = build_detector(cfg)
+    det.fit([tile])
+    det.save(tmp_path / "m.npz")
+    again = build_detector(cfg)
+    again.load_state(tmp_path / "m.npz")
+    np.testing.assert_array_equal(det.score(tile), again.score(tile))
+    assert det.method == "cva+density"
+
+
+def test_unknown_scorer_is_rejected() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        DetectConfig(scorer="magic")
+    assert "distance" in SCORERS and UnknownMethodError
