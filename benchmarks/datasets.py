@@ -7,7 +7,10 @@ directory and reused afterwards (nothing is ever written next to the shared data
 
 * OSCD (bercy, paris, rennes): the four 10 m Sentinel-2 bands B02, B03, B04, B08 of each date are
   stacked into one 4-band uint16 GeoTIFF, and the label ``cm/<city>-cm.tif`` (1 = no change,
-  2 = change, no geotags) is rewritten as a GeoTIFF on the t1 grid.
+  2 = change, no geotags) is rewritten as a GeoTIFF on the t1 grid. With ``oscd_folders=True``
+  a second pair per city, ``oscd_<city>_s2x10``, uses the ``imgs_1``/``imgs_2`` folders directly
+  with the ten 10 m and 20 m bands :data:`OSCD_S2X10_BANDS` (microchange stacks them on the 10 m
+  grid, resampling the 20 m bands bilinearly); its ``bands`` go into ``DetectConfig(bands=...)``.
 * Taizhou: the two sparse sample masks ``change.bmp`` and ``unchanged.bmp`` are merged into one
   truth GeoTIFF on the Landsat grid: 2 = changed, 1 = unchanged, 0 = unlabelled.
 
@@ -34,6 +37,7 @@ from rasterio.errors import NotGeoreferencedWarning
 __all__ = (
     "OSCD_BANDS",
     "OSCD_CITIES",
+    "OSCD_S2X10_BANDS",
     "SHARED_DATA",
     "BenchmarkPair",
     "Family",
@@ -46,6 +50,7 @@ Family = Literal["optical", "sar", "heterogeneous"]
 ENV_VAR = "MICROCHANGE_SHARED_DATA"
 OSCD_CITIES = ("bercy", "paris", "rennes")
 OSCD_BANDS = ("B02", "B03", "B04", "B08")
+OSCD_S2X10_BANDS = ("B02", "B03", "B04", "B08", "B05", "B06", "B07", "B8A", "B11", "B12")
 LEVIR_TILES = ("test_7", "test_12", "test_102")
 
 
@@ -81,6 +86,8 @@ class BenchmarkPair:
             of the lists are unlabelled and excluded from scoring.
         truth_threshold: If set, the truth is continuous (lossy JPEG mask): ``truth >
             truth_threshold`` is changed and everything else is unchanged.
+        bands: Band names for ``DetectConfig(bands=...)`` when ``before``/``after`` are folders
+            of single-band files; None = every band of the files.
     """
 
     name: str
@@ -92,6 +99,7 @@ class BenchmarkPair:
     ignore_values: tuple[int, ...] = ()
     unchanged_values: tuple[int, ...] | None = None
     truth_threshold: int | None = None
+    bands: tuple[str, ...] | None = None
 
     def truth_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`microchange.evaluation.evaluate_mask` for this truth.
@@ -107,7 +115,9 @@ class BenchmarkPair:
         }
 
 
-def list_pairs(workdir: Path, *, root: Path | None = None) -> list[BenchmarkPair]:
+def list_pairs(
+    workdir: Path, *, root: Path | None = None, oscd_folders: bool = False
+) -> list[BenchmarkPair]:
     """Every benchmark pair of every shared dataset folder, preparing derived files if needed.
 
     Derived files (OSCD stacks and labels, the Taizhou truth) are written under ``workdir`` the
@@ -116,11 +126,13 @@ def list_pairs(workdir: Path, *, root: Path | None = None) -> list[BenchmarkPair
     Args:
         workdir: Folder for derived files; created if missing. Never inside the shared data.
         root: Shared data folder; default :func:`shared_data_root`.
+        oscd_folders: Also list ``oscd_<city>_s2x10``: the OSCD cities read from their band
+            folders with the ten 10 m / 20 m bands (after the three stacked OSCD pairs).
 
     Returns:
         13 pairs: oscd_bercy, oscd_paris, oscd_rennes, taizhou, bern, san_francisco,
         yellow_river_coastline, yellow_river_inland_water, beijing_a, levir_test_7,
-        levir_test_12, levir_test_102, shuguang.
+        levir_test_12, levir_test_102, shuguang (16 with ``oscd_folders``).
 
     Raises:
         FileNotFoundError: If the data folder or one of the expected files is missing.
@@ -136,6 +148,9 @@ def list_pairs(workdir: Path, *, root: Path | None = None) -> list[BenchmarkPair
     workdir.mkdir(parents=True, exist_ok=True)
 
     pairs = [_oscd_pair(data / "oscd_s2_shared", city, workdir / "oscd") for city in OSCD_CITIES]
+    if oscd_folders:
+        pairs += [_oscd_folder_pair(data / "oscd_s2_shared", city, workdir / "oscd")
+                  for city in OSCD_CITIES]
     pairs.append(_taizhou_pair(data / "taizhou_landsat7_etm", workdir / "taizhou"))
     sar = [
         ("bern", "bern_ers2_sar", "bern", ()),
@@ -306,6 +321,25 @@ def _oscd_pair(folder: Path, city: str, workdir: Path) -> BenchmarkPair:
         truth=truth,
         changed_values=(2,),
         unchanged_values=(1,),
+    )
+
+
+def _oscd_folder_pair(folder: Path, city: str, workdir: Path) -> BenchmarkPair:
+    """The OSCD city read from its band folders (10 bands, 10 m + 20 m), same truth."""
+    stacked = _oscd_pair(folder, city, workdir)  # writes/reuses the truth on the t1 grid
+    city_dir = folder / city
+    for sub in ("imgs_1", "imgs_2"):
+        for band in OSCD_S2X10_BANDS:
+            _band_file(city_dir / sub, band)  # exactly one file per band, else a clear error
+    return BenchmarkPair(
+        name=f"oscd_{city}_s2x10",
+        family="optical",
+        before=city_dir / "imgs_1",
+        after=city_dir / "imgs_2",
+        truth=stacked.truth,
+        changed_values=(2,),
+        unchanged_values=(1,),
+        bands=OSCD_S2X10_BANDS,
     )
 
 

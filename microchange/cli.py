@@ -1,4 +1,4 @@
-"""Command line: ``microchange detect | evaluate | demo | methods`` (also ``python -m microchange``).
+"""Command line: ``microchange detect | train | evaluate | demo | methods`` (also ``python -m microchange``).
 
 A thin layer: it parses options into a :class:`~microchange.config.DetectConfig` and runs the same
 stage functions as the Prefect flow (``--prefect`` runs the flow itself). Exit codes: 0 success,
@@ -50,14 +50,27 @@ class _Progress:
             print(text, file=sys.stderr, flush=True)
 
 
-def _parse_bands(text: str) -> tuple[int, ...]:
+def _parse_bands(text: str) -> tuple[int | str, ...]:
+    from microchange.io.stacks import parse_bands
+
     try:
-        return tuple(int(b) for b in text.split(",") if b.strip())
+        return parse_bands(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid --bands {text!r}: {exc}") from None
+
+
+def _parse_classes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(c) for c in text.split(",") if c.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"invalid --bands {text!r}: give 1-based band numbers separated by commas, "
-            "e.g. --bands 1,2,3"
+            f"invalid --exclude-classes {text!r}: give class codes separated by commas, "
+            "e.g. --exclude-classes 3,8,9,10"
         ) from None
+
+
+_MASK_FLAGS = ("before_mask", "after_mask", "before_classes", "after_classes",
+               "exclude_classes", "invert_masks")
 
 
 def _config_from_args(args: argparse.Namespace) -> DetectConfig:
@@ -69,7 +82,8 @@ def _config_from_args(args: argparse.Namespace) -> DetectConfig:
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"cannot read --config {str(path)!r} ({exc}): give a JSON file "
                              "with DetectConfig fields") from exc
-    for key in ("sensor", "method", "threshold", "tile_size", "bands", "sample_pixels", "seed"):
+    for key in ("sensor", "method", "scorer", "threshold", "tile_size", "bands", "sample_pixels",
+                "seed"):
         value = getattr(args, key)
         if value is not None:
             base[key] = value
@@ -97,6 +111,13 @@ def _config_from_args(args: argparse.Namespace) -> DetectConfig:
             deep[key] = value
     if deep:
         base["deep"] = deep
+    masks = dict(base.get("masks") or {})
+    for key in _MASK_FLAGS:
+        value = getattr(args, key, None)
+        if value is not None:
+            masks["invert" if key == "invert_masks" else key] = value
+    if masks:
+        base["masks"] = masks
     return DetectConfig.model_validate(base)
 
 
@@ -113,13 +134,30 @@ def _summary_line(summary: dict[str, Any], seconds: float) -> str:
 def _add_detect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help=f"change detection method: {', '.join(method_names())} "
                    "(default cva)")
+    p.add_argument("--scorer", choices=("distance", "mahalanobis", "density", "cluster"),
+                   help="replace the method's scorer (all fitted on the global sample)")
     p.add_argument("--sensor", choices=("optical", "sar"),
                    help="sensor family whose defaults apply (default optical)")
     p.add_argument("--threshold", help="otsu, kittler-illingworth, kmeans, fpr:X (false-alarm "
                    "rate, e.g. fpr:0.001) or value:X (default: the method's own)")
     p.add_argument("--tile-size", type=int, dest="tile_size",
                    help="tile side in pixels (default 512); results do not depend on it")
-    p.add_argument("--bands", type=_parse_bands, help="1-based bands to use, e.g. 1,2,3,4")
+    p.add_argument("--bands", type=_parse_bands,
+                   help="bands to use, in order: 1-based indexes of a multi-band file (1,2,3,4) "
+                        "or names matched as a whole token in the file names of a folder/glob "
+                        "input (B02,B03,B04,B08; stacked on the finest band's grid)")
+    p.add_argument("--before-mask", dest="before_mask",
+                   help="valid-data mask raster of BEFORE: nonzero = valid (any grid)")
+    p.add_argument("--after-mask", dest="after_mask",
+                   help="valid-data mask raster of AFTER: nonzero = valid (any grid)")
+    p.add_argument("--invert-masks", action="store_true", default=None, dest="invert_masks",
+                   help="the --before/--after-mask rasters mark EXCLUDED pixels (1 = cloud)")
+    p.add_argument("--before-classes", dest="before_classes",
+                   help="class raster of BEFORE, e.g. Sentinel-2 SCL (any grid)")
+    p.add_argument("--after-classes", dest="after_classes",
+                   help="class raster of AFTER, e.g. Sentinel-2 SCL (any grid)")
+    p.add_argument("--exclude-classes", type=_parse_classes, dest="exclude_classes",
+                   help="class codes excluded by the class rasters (default SCL 0,1,3,8,9,10,11)")
     p.add_argument("--sample-pixels", type=int, dest="sample_pixels",
                    help="pixels in the global fitting sample (default 1e6)")
     p.add_argument("--seed", type=int, help="seed of the global sample (default 0)")
@@ -162,9 +200,10 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Detect changes between BEFORE and AFTER and write change_mask.tif, "
                     "change_score.tif, tiles.parquet, changes.parquet and run.json to --out.",
     )
-    detect.add_argument("before", help="raster at t0 (GeoTIFF/COG, ENVI, PNG, ...); defines the "
-                        "output grid")
-    detect.add_argument("after", help="raster at t1; resampled onto BEFORE's grid if needed")
+    detect.add_argument("before", help="raster at t0 (GeoTIFF/COG, ENVI, PNG, ...), or a folder/"
+                        "glob of single-band files with --bands NAMES; defines the output grid")
+    detect.add_argument("after", help="raster (or folder/glob) at t1; resampled onto BEFORE's "
+                        "grid if needed")
     detect.add_argument("--out", required=True, help="output folder")
     _add_detect_options(detect)
     demo = sub.add_parser(
@@ -202,7 +241,76 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-report", action="store_true", dest="no_report",
                           help="write metrics.json only, no report.html")
     sub.add_parser("methods", help="list the available methods")
+    _add_train_parser(sub)
     return parser
+
+
+def _add_train_parser(sub: Any) -> None:
+    train = sub.add_parser(
+        "train", help="train the 'learned' feature extractor on a pair (unsupervised)",
+        description="Train the 'learned' method's CNN on BEFORE/AFTER themselves (no labels) and "
+                    "write a checkpoint for `microchange detect --method learned --model CKPT`, "
+                    "plus a loss-curve PNG next to it.",
+    )
+    train.add_argument("before", help="raster at t0 (GeoTIFF/COG, ENVI, PNG, ...)")
+    train.add_argument("after", help="raster at t1; resampled onto BEFORE's grid if needed")
+    train.add_argument("--out", required=True, metavar="CKPT",
+                       help="checkpoint file to write, e.g. model.ckpt")
+    train.add_argument("--sensor", choices=("optical", "sar"),
+                       help="sensor family whose defaults apply (default optical)")
+    train.add_argument("--objective", help="unsupervised objective: cross (cross-prediction) "
+                       "or dae (denoising autoencoder); default per sensor family")
+    train.add_argument("--epochs", type=int, help="maximum training epochs (default 30)")
+    train.add_argument("--patience", type=int,
+                       help="stop after this many epochs without improvement (default 3)")
+    train.add_argument("--bands", type=_parse_bands, help="1-based bands to use, e.g. 1,2,3,4")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                       help="where the network trains (default auto: CUDA when present)")
+    train.add_argument("--seed", type=int, help="seed of the sample and the weights (default 0)")
+    train.add_argument("--sample-pixels", type=int, dest="sample_pixels",
+                       help="pixels in the global training sample (default 1e6)")
+    train.add_argument("--prefect", action="store_true",
+                       help="run through the Prefect flow 'train-feature-extractor'")
+    train.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    deep = {k: getattr(args, k) for k in ("device", "objective", "epochs", "patience")
+            if getattr(args, k) is not None}
+    base: dict[str, Any] = {"method": "learned", "deep": deep}
+    for key in ("sensor", "bands", "seed", "sample_pixels"):
+        if getattr(args, key) is not None:
+            base[key] = getattr(args, key)
+    config = DetectConfig.model_validate(base)
+    logger = logging.getLogger("microchange")
+    saved = (logger.level, logger.propagate)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    if not args.quiet:  # per-epoch losses are logged at INFO
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    t0 = time.perf_counter()
+    try:
+        if args.prefect:
+            from flows.train import train_feature_extractor  # Prefect only when asked for
+
+            summary = train_feature_extractor(before=args.before, after=args.after,
+                                              out=args.out, config=config)
+        else:
+            from microchange.training import train_extractor
+
+            summary = train_extractor(args.before, args.after, args.out, config)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+    print(f"checkpoint: {summary['checkpoint']}")
+    print(f"loss curve: {summary['loss_curve']}")
+    print(f"learned/{summary['objective']}: {summary['epochs']} epochs, held-out loss "
+          f"{summary['best_loss']:.4g}, {summary['bands']} bands, {summary['sample_pixels']:,} "
+          f"sample px, {summary['device']}; {time.perf_counter() - t0:.1f} s")
+    return EXIT_OK
 
 
 def _run(config: DetectConfig, before: str, after: str, out: str, *, use_prefect: bool,
@@ -301,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("MICROCHANGE_LOG_LEVEL", "WARNING"),
                         format="%(levelname)s %(name)s: %(message)s")
     commands = {"detect": _cmd_detect, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
-                "methods": _cmd_methods}
+                "methods": _cmd_methods, "train": _cmd_train}
     try:
         return commands[args.command](args)
     except InputError as exc:

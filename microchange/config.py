@@ -7,6 +7,8 @@ and reject unknown keys.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -14,16 +16,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from microchange.scoring.thresholds import THRESHOLD_PATTERN, THRESHOLDS
 
 __all__ = (
-    "SENSOR_DEFAULTS",
     "POSTPROCESS_DEFAULTS",
+    "SCL_EXCLUDED",
+    "SENSOR_DEFAULTS",
     "DeepConfig",
     "DetectConfig",
+    "MaskConfig",
     "PostprocessConfig",
     "PreprocessConfig",
     "Sensor",
 )
 
 Sensor = Literal["optical", "sar"]
+_BAND_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 
@@ -131,6 +136,67 @@ class DeepConfig(BaseModel):
     )
 
 
+SCL_EXCLUDED = (0, 1, 3, 8, 9, 10, 11)
+"""Sentinel-2 scene classification (SCL) codes excluded by default: 0 no data, 1 saturated or
+defective, 3 cloud shadow, 8 cloud medium probability, 9 cloud high probability, 10 thin cirrus,
+11 snow or ice."""
+
+
+class MaskConfig(BaseModel):
+    """Per-date rasters that exclude pixels (clouds, shadows, snow, no data) from the analysis.
+
+    Excluded pixels are invalid: nodata in every output, never changed. Mask rasters may be on
+    any grid (e.g. the 20 m Sentinel-2 SCL under 10 m bands): they are read onto BEFORE's grid
+    window by window with nearest resampling; pixels outside a mask raster are invalid.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    before_mask: str | None = Field(
+        None,
+        description="Valid-data mask raster of BEFORE (band 1): nonzero = valid, 0 = excluded "
+        "(the other way round with invert), e.g. a cloud-free mask.",
+    )
+    after_mask: str | None = Field(
+        None, description="Valid-data mask raster of AFTER (band 1), as before_mask."
+    )
+    before_classes: str | None = Field(
+        None,
+        description="Class raster of BEFORE (band 1), e.g. the Sentinel-2 scene classification "
+        "layer (SCL): pixels whose class is in exclude_classes are excluded.",
+    )
+    after_classes: str | None = Field(
+        None, description="Class raster of AFTER (band 1), as before_classes."
+    )
+    exclude_classes: tuple[int, ...] = Field(
+        SCL_EXCLUDED,
+        description="Class codes excluded by the class rasters. Default: Sentinel-2 SCL 0 no "
+        "data, 1 saturated/defective, 3 cloud shadow, 8 cloud medium probability, 9 cloud high "
+        "probability, 10 thin cirrus, 11 snow/ice.",
+    )
+    invert: bool = Field(
+        False,
+        description="The valid-data mask rasters mark EXCLUDED pixels with nonzero values "
+        "(e.g. a cloud mask where 1 = cloud).",
+    )
+
+    @field_validator("before_mask", "after_mask", "before_classes", "after_classes")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        """Paths become absolute, so that every stage (in any process) reads the same file."""
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("mask path is empty: give a raster file, or leave it unset")
+        return str(Path(value).expanduser().absolute())
+
+    @property
+    def active(self) -> bool:
+        """True when at least one mask or class raster is set."""
+        return any(v is not None for v in (self.before_mask, self.after_mask,
+                                           self.before_classes, self.after_classes))
+
+
 POSTPROCESS_DEFAULTS: dict[str, PostprocessConfig] = {
     "optical": PostprocessConfig(min_region_px=1),
     "sar": PostprocessConfig(min_region_px=1),
@@ -181,9 +247,15 @@ class DetectConfig(BaseModel):
         le=8192,
         description="Side of the square processing tiles in pixels; results do not depend on it.",
     )
-    bands: tuple[int, ...] | None = Field(
+    bands: tuple[int | str, ...] | None = Field(
         None,
-        description="1-based band indexes to use from both inputs (default: all bands).",
+        description=(
+            "Bands used from both inputs, in order: 1-based indexes into multi-band files "
+            "(e.g. [1, 2, 3]), or band names (e.g. ['B02', 'B03']) that pick the single-band "
+            "files of a folder/glob input by a whole token of their file name (or the bands of "
+            "a file by description). Indexes and names cannot be mixed. Default: all bands of "
+            "a file (a folder needs names)."
+        ),
     )
     preprocess: PreprocessConfig | None = Field(
         None,
@@ -214,6 +286,11 @@ class DetectConfig(BaseModel):
         default_factory=lambda: DeepConfig(),
         description="Options of the deep methods ('backbone', 'learned'); ignored by others.",
     )
+    masks: MaskConfig = Field(
+        default_factory=lambda: MaskConfig(),
+        description="Per-date valid-data masks and class rasters (e.g. Sentinel-2 SCL) whose "
+        "excluded pixels become nodata; none by default.",
+    )
 
     @field_validator("threshold")
     @classmethod
@@ -225,14 +302,39 @@ class DetectConfig(BaseModel):
             )
         return value
 
+    @field_validator("bands", mode="before")
+    @classmethod
+    def _digits_are_indexes(cls, value: object) -> object:
+        """'2' means band 2 (a band name must hold a letter)."""
+        if isinstance(value, list | tuple):
+            return tuple(int(v) if isinstance(v, str) and v.strip().isdigit() else v
+                         for v in value)
+        return value
+
     @field_validator("bands")
     @classmethod
-    def _check_bands(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    def _check_bands(cls, value: tuple[int | str, ...] | None) -> tuple[int | str, ...] | None:
         if value is not None:
             if not value:
-                raise ValueError("bands is empty: give at least one 1-based band index, or None")
-            if min(value) < 1:
+                raise ValueError("bands is empty: give 1-based band indexes (1,2,3) or band "
+                                 "names (B02,B03), or None for all bands")
+            names = [v for v in value if isinstance(v, str)]
+            ints = [v for v in value if not isinstance(v, str)]
+            if names and ints:
+                raise ValueError(
+                    f"bands {list(value)!r} mix indexes and names: use indexes (e.g. 1,2,3) for "
+                    "the bands of a multi-band file, or names (e.g. B02,B03,B04) for the files "
+                    "of a folder, not both"
+                )
+            if ints and min(ints) < 1:
                 raise ValueError(f"bands {value!r}: indexes are 1-based (the first band is 1)")
+            bad = [n for n in names if not _BAND_NAME.match(n)]
+            if bad:
+                raise ValueError(f"invalid band name(s) {bad!r}: letters, digits, '_' or '-', "
+                                 "e.g. B02, B8A, VV")
+            folded = [n.lower() for n in names]
+            if len(set(folded)) != len(folded):
+                raise ValueError(f"bands {list(value)!r}: a band name is given twice")
         return value
 
     def resolved_postprocess(self) -> PostprocessConfig:

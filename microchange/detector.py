@@ -155,9 +155,31 @@ def _pca_kmeans(config: DetectConfig) -> Detector:
                     PcaKMeansScorer(seed=config.seed), default_threshold="value:0")
 
 
+def _backbone(config: DetectConfig) -> Detector:
+    from microchange.errors import ConfigError
+    from microchange.features.backbone import BackboneFeatures  # torch only for this method
+
+    deep = config.deep
+    extractor = BackboneFeatures(deep.backbone, deep.layers, deep.weights, deep.device,
+                                 seed=config.seed)
+    if config.tile_size % extractor.stride:
+        raise ConfigError(f"tile size {config.tile_size} is not a multiple of the backbone's "
+                          f"stride {extractor.stride}: use e.g. 512")
+    return Detector("backbone", config.resolved_preprocess(), extractor, CvaScorer())
+
+
+def _learned(config: DetectConfig) -> Detector:
+    from microchange.features.learned import learned_extractor  # torch only for this method
+
+    return Detector("learned", config.resolved_preprocess(), learned_extractor(config),
+                    CvaScorer())
+
+
 METHODS: dict[str, Callable[[DetectConfig], Detector]] = {
     "cva": _cva,
     "pca-kmeans": _pca_kmeans,
+    "backbone": _backbone,
+    "learned": _learned,
 }
 """Method name -> factory building an unfitted :class:`Detector` from a config."""
 

@@ -84,7 +84,7 @@ class _Plan:
     def reader(self) -> PairReader:
         shift = self.doc["coregistration"]["applied_shift"]
         return PairReader(self.doc["before"], self.doc["after"], bands=self.config.bands,
-                          after_shift=(shift[0], shift[1]))
+                          after_shift=(shift[0], shift[1]), masks=self.config.masks)
 
     def detector(self) -> Detector:
         det = build_detector(self.config)
@@ -96,8 +96,9 @@ class _Plan:
         return self.staging / "parts" / f"{kind}_{tile_id:06d}.{suffix}"
 
 
-def _input_info(path: str, files: Sequence[str], ds: Any) -> dict[str, Any]:
-    return {
+def _input_info(path: str, files: Sequence[str], ds: Any,
+                bands: Sequence[Any] | None = None) -> dict[str, Any]:
+    info: dict[str, Any] = {
         "path": str(Path(path).resolve()),
         "width": ds.width,
         "height": ds.height,
@@ -108,20 +109,31 @@ def _input_info(path: str, files: Sequence[str], ds: Any) -> dict[str, Any]:
         "nodata": ds.nodata,
         "files": [file_fingerprint(f) for f in files],
     }
+    if bands is not None:  # a stack of single-band files: which file each band came from
+        info["bands"] = [b.as_dict() for b in bands]
+    return info
 
 
-_COREG_BLOCK = 256
 _COREG_BLOCKS = 16
+_COREG_MIN_BLOCKS = 3
+_COREG_MAX_SPREAD = 0.3
+_COREG_MAX_SHIFT = 3.0
 
 
 def _estimate_coregistration(
     pair: PairReader, pre: PreprocessConfig, *, seed: int
 ) -> dict[str, Any]:
-    """Global sub-pixel shift of AFTER from up to 16 blocks of 256 px spread over the raster."""
+    """Global sub-pixel shift of AFTER from up to 16 blocks spread over the raster.
+
+    The estimate is applied only when it is trustworthy: at least 3 usable blocks agreeing within
+    0.3 px (median absolute deviation) on a shift of at most 3 px (residual misregistration, not a
+    different scene); otherwise the reason is recorded and nothing is shifted.
+    """
     if not pre.coregister:
-        return {"enabled": False, "applied_shift": [0.0, 0.0]}
+        return {"enabled": False, "applied": False, "applied_shift": [0.0, 0.0]}
     g = pair.grid
-    grid_blocks = list(iter_blocks(g.height, g.width, _COREG_BLOCK))
+    block = 256 if min(g.height, g.width) >= 1024 else 128
+    grid_blocks = list(iter_blocks(g.height, g.width, block))
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(grid_blocks), size=min(_COREG_BLOCKS, len(grid_blocks)),
                                 replace=False))
@@ -132,10 +144,23 @@ def _estimate_coregistration(
         blocks.append((preprocess_image(arr.before, arr.valid, pre),
                        preprocess_image(arr.after, arr.valid, pre), arr.valid))
     est = estimate_shift(blocks)
-    applied = est.n_blocks > 0 and est.magnitude >= pre.coregister_min_shift
+    if est.n_blocks < _COREG_MIN_BLOCKS:
+        reason = f"only {est.n_blocks} usable block(s) (< {_COREG_MIN_BLOCKS})"
+    elif est.spread > _COREG_MAX_SPREAD:
+        reason = f"blocks disagree (spread {est.spread:.2f} px > {_COREG_MAX_SPREAD})"
+    elif est.magnitude > _COREG_MAX_SHIFT:
+        reason = f"shift {est.magnitude:.2f} px > {_COREG_MAX_SHIFT} px is not a residual"
+    elif est.magnitude < pre.coregister_min_shift:
+        reason = f"shift {est.magnitude:.3f} px below coregister_min_shift"
+    else:
+        reason = ""
+    applied = not reason
     if applied:
         log.info("co-registration: AFTER shifted by (%.3f, %.3f) px", est.dy, est.dx)
+    else:
+        log.info("co-registration not applied: %s", reason)
     return {"enabled": True, "estimate": est.as_dict(), "applied": applied,
+            "reason": reason or None,
             "applied_shift": [est.dy, est.dx] if applied else [0.0, 0.0]}
 
 
@@ -161,13 +186,17 @@ def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: Det
         raise InputError(f"--out {str(out)!r} is a file: give a folder for the outputs")
     detector = build_detector(config)  # unknown method -> clear error before any I/O
     pre = config.resolved_preprocess()
-    with PairReader(before, after, bands=config.bands) as pair:
+    with PairReader(before, after, bands=config.bands, masks=config.masks) as pair:
         coreg = _estimate_coregistration(pair, pre, seed=config.seed)
         grid = pair.grid
         inputs = {
-            "before": _input_info(str(before), pair._before.files, pair._before),
-            "after": _input_info(str(after), pair._after_src.files, pair._after_src),
+            "before": _input_info(str(before), pair._before.files, pair._before,
+                                  pair.sources["before"]),
+            "after": _input_info(str(after), pair._after_src.files, pair._after_src,
+                                 pair.sources["after"]),
         }
+        if pair.mask_files:
+            inputs["masks"] = {k: file_fingerprint(v) for k, v in pair.mask_files.items()}
         alignment, warnings, bands = pair.alignment, list(pair.warnings), pair.bands
         pixel_area = pair.pixel_area_m2()
     for w in warnings:

@@ -15,14 +15,14 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import rasterio
 from affine import Affine
 from numpy.typing import NDArray
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -34,7 +34,12 @@ from microchange.errors import (
     NoOverlapError,
     RasterReadError,
 )
+from microchange.io.stacks import BandSelection, BandSource, resolve_input
 from microchange.tiling import Tile, pad_to_halo
+
+if TYPE_CHECKING:
+    from microchange.config import MaskConfig
+    from microchange.io.masks import MaskReader
 
 __all__ = ("Grid", "PairReader", "PathLike", "TileArrays", "open_raster")
 
@@ -100,6 +105,17 @@ def _is_georeferenced(ds: Any) -> bool:
     return ds.crs is not None or not ds.transform.almost_equals(Affine.identity())
 
 
+def _has_nodata(ds: Any, idx: list[int]) -> bool:
+    return any(MaskFlags.nodata in ds.mask_flag_enums[i - 1] for i in idx)
+
+
+def _read_valid(ds: Any, idx: list[int], window: Window) -> NDArray[np.bool_]:
+    """True where every selected band holds data (per-band nodata), else the dataset mask."""
+    if _has_nodata(ds, idx):
+        return np.asarray(ds.read_masks(idx, window=window).min(axis=0) > 0)
+    return np.asarray(ds.dataset_mask(window=window) > 0)
+
+
 def open_raster(path: PathLike, *, role: str = "raster") -> Any:
     """Open a raster with rasterio, turning failures into a clear :class:`RasterReadError`.
 
@@ -133,16 +149,29 @@ def open_raster(path: PathLike, *, role: str = "raster") -> Any:
 class PairReader:
     """Reads windows of BEFORE and AFTER on BEFORE's grid.
 
+    BEFORE and AFTER may each be a raster file, or a folder/glob of single-band files stacked by
+    band name (see :mod:`microchange.io.stacks`).
+
     Args:
-        before: Raster at t0; defines the output grid.
-        after: Raster at t1; resampled onto BEFORE's grid if its grid differs.
-        bands: 1-based band indexes used from both rasters (default: all).
+        before: Raster at t0 (file, folder or glob); defines the output grid.
+        after: Raster at t1 (file, folder or glob); resampled onto BEFORE's grid if its grid
+            differs.
+        bands: 1-based band indexes used from both rasters, or band names (files of a
+            folder/glob, or band descriptions of a file); default: all bands of a file.
         after_shift: Sub-pixel (rows, columns) shift applied to AFTER after alignment, from
             :func:`microchange.coregistration.estimate_shift` (default: none).
+        masks: Per-date mask and class rasters whose excluded pixels become invalid (default:
+            none); read onto BEFORE's grid by :class:`microchange.io.masks.MaskReader`.
+
+    Attributes:
+        sources: For each date ('before', 'after'), the file of each band of a stack, or None.
+        mask_files: Config field -> path of each mask raster in use.
 
     Raises:
         RasterReadError: If a file cannot be read.
-        BandMismatchError: If band counts differ and no selection is given, or a band is missing.
+        ConfigError: If ``bands`` mixes indexes and names.
+        BandMismatchError: If band counts differ and no selection is given, or a band is missing
+            (or a band name matches no file, or several).
         MissingCRSError: If exactly one of the rasters is georeferenced.
         GridMismatchError: If two non-georeferenced rasters differ in size.
         NoOverlapError: If the footprints do not overlap.
@@ -153,30 +182,41 @@ class PairReader:
         before: PathLike,
         after: PathLike,
         *,
-        bands: tuple[int, ...] | None = None,
+        bands: BandSelection = None,
         after_shift: tuple[float, float] = (0.0, 0.0),
+        masks: MaskConfig | None = None,
     ) -> None:
         self.after_shift = (float(after_shift[0]), float(after_shift[1]))
         self.before_path = str(before)
         self.after_path = str(after)
-        self._before = open_raster(before, role="BEFORE")
+        before_in = resolve_input(before, bands, role="BEFORE")
+        self._before = before_in.dataset
         try:
-            self._after_src = open_raster(after, role="AFTER")
+            after_in = resolve_input(after, bands, role="AFTER")
         except Exception:
             self._before.close()
             raise
+        self._after_src = after_in.dataset
+        self.sources: dict[str, tuple[BandSource, ...] | None] = {
+            "before": before_in.sources, "after": after_in.sources}
         self._after: Any = self._after_src
         self._alpha: int | None = None
+        self._masks: MaskReader | None = None
         self.warnings: list[str] = []
-        try:
-            self.bands = self._check_bands(bands)
-            self.alignment = self._align()
-        except Exception:
-            self.close()
-            raise
         b = self._before
         crs_wkt = b.crs.to_wkt() if b.crs is not None else None
         self.grid = Grid(b.height, b.width, tuple(b.transform)[:6], crs_wkt)
+        try:
+            self.bands = self._check_bands(before_in.bands)
+            self.alignment = self._align()
+            if masks is not None and masks.active:
+                from microchange.io.masks import MaskReader
+
+                self._masks = MaskReader(masks, self.grid)
+        except Exception:
+            self.close()
+            raise
+        self.mask_files = dict(self._masks.files) if self._masks is not None else {}
         self.dtypes = (b.dtypes[0], self._after_src.dtypes[0])
 
     # -- checks ------------------------------------------------------------------------------
@@ -272,7 +312,9 @@ class PairReader:
         window = Window(c0, r0, c1 - c0, r1 - r0)
         idx = list(self.bands)
         before = self._before.read(idx, window=window, out_dtype="float32")
-        valid = self._before.dataset_mask(window=window) > 0
+        valid = _read_valid(self._before, idx, window)
+        if self._masks is not None:
+            valid &= self._masks.read(window)
         if self.after_shift != (0.0, 0.0):
             after, valid_after = self._read_after_shifted(r0, r1, c0, c1)
             valid &= valid_after
@@ -291,11 +333,13 @@ class PairReader:
             stack = self._after.read([*idx, self._alpha], window=window, out_dtype="float32")
             after, alpha = stack[:-1], stack[-1]
             valid = alpha > 0
-            if self._after_src.nodata is not None:
-                valid &= ~np.any(after == np.float32(self._after_src.nodata), axis=0)
+            for k, i in enumerate(idx):
+                nodata = self._after_src.nodatavals[i - 1]
+                if nodata is not None and not math.isnan(nodata):
+                    valid &= after[k] != np.float32(nodata)
         else:
             after = self._after.read(idx, window=window, out_dtype="float32")
-            valid = self._after.dataset_mask(window=window) > 0
+            valid = _read_valid(self._after, idx, window)
         valid &= np.isfinite(after).all(axis=0)
         after[:, ~valid] = 0.0
         return after, valid
@@ -352,6 +396,8 @@ class PairReader:
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
         """Close every open dataset."""
+        if self._masks is not None:
+            self._masks.close()
         if self._after is not self._after_src:
             self._after.close()
         self._after_src.close()

@@ -1,0 +1,707 @@
+"""Features of a truncated ImageNet-style CNN: the feature space of deep CVA.
+
+Deep change vector analysis (Saha, Bovolo & Bruzzone 2019, "Unsupervised deep change vector
+analysis for multiple-change detection in VHR images", IEEE TGRS 57(6)) compares both dates in the
+feature space of a CNN: several layers of a truncated backbone are upsampled back to pixel
+resolution, concatenated, and the change vector between the dates is scored (here by
+:class:`~microchange.scoring.distance.CvaScorer`).
+
+What :class:`BackboneFeatures` does, in order:
+
+1. **Input scaling.** Band values arrive preprocessed (float32). Each band is standardised with a
+   mean and std fitted on the global sample, both dates pooled, so the network sees ~N(0, 1)
+   inputs; invalid pixels are set to 0 (the mean) before the network and their features to 0
+   after it (fill before, re-mask after).
+2. **Any band count.** The backbone's first convolution takes 3 bands. With N == 3 bands it is used
+   as is (in the input's band order); otherwise it is replaced by an N-band convolution whose
+   filter for every band is the mean of the RGB filters scaled by 3/N: a scene that looks the same
+   in every band then gives the first layer the response the 3-band network gives a grey image.
+3. **Layers.** The network is cut after the deepest chosen layer; each chosen layer's maps are
+   standardised per feature (mean/std fitted on the global sample, both dates pooled), optionally
+   projected onto the ``n_features`` principal axes of the sample's change vectors, bilinearly
+   upsampled to pixel resolution and combined. Standardisation and projection are linear, so they
+   are applied at each layer's own resolution before upsampling (cheaper, identical result).
+4. **Tile-size invariance.** ``halo`` covers the receptive field of the deepest layer plus one
+   stride for the bilinear upsampling, rounded up to a multiple of the total stride S. Every block is
+   padded at its start so that the network input begins on a raster row/column that is a multiple
+   of S (this needs tile offsets that are multiples of S: the tile size must be one), and at its end
+   to a multiple of S. Networks run in eval mode (no batch statistics).
+
+On the CPU everything runs in float32 (no autocast): the convolution kernels (oneDNN included)
+compute each output element in the same order whatever the block shape and batch, so scores are
+byte-identical for any tile size and batch (tests/microchange/test_backbone.py checks it). On
+CUDA the network runs under bf16 (or fp16) autocast; results are close but not bit-exact. Network weights are never fitted: they come from the
+``weights`` file or, with ``weights=None``, from ``torch.manual_seed(seed)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import pickle
+import re
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from numpy.typing import NDArray
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from microchange.errors import BandMismatchError, ConfigError
+from microchange.features.bands import masked_band_stats
+from microchange.features.base import FeatureSample, State
+from microchange.features.devices import cpu_threads, resolve_device
+from microchange.tiling import crop_core
+
+__all__ = ("BACKBONES", "DEFAULT_LAYERS", "BackboneFeatures", "load_state_dict_file")
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "vgg16")
+"""Backbones accepted by :class:`BackboneFeatures`."""
+
+DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
+    "resnet18": ("layer1", "layer2"),
+    "resnet34": ("layer1", "layer2"),
+    "resnet50": ("layer1", "layer2"),
+    "vgg16": ("stage2", "stage3"),
+}
+"""Layers used when ``layers`` is None."""
+
+_RESNET_LAYERS = ("conv1", "layer1", "layer2", "layer3", "layer4")
+# vgg16 ``features`` index of the last ReLU of each convolution stage (before its max-pool).
+_VGG_STAGES = {"stage1": 3, "stage2": 8, "stage3": 15, "stage4": 22, "stage5": 29}
+
+
+# -- weights ---------------------------------------------------------------------------------
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a local state dict without executing any code from the file.
+
+    Args:
+        path: File written by ``torch.save(model.state_dict(), path)``; a dict holding the state
+            dict under 'state_dict' or 'model' is accepted too, and a 'module.' key prefix
+            (DataParallel) is dropped.
+
+    Returns:
+        Parameter name -> tensor, on the CPU.
+
+    Raises:
+        ConfigError: If the file is missing, unreadable, refused by ``weights_only`` loading
+            (it holds objects other than tensors: possibly code), or is not a state dict.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(
+            f"weights file {str(path)!r} does not exist: give a local state dict file written by "
+            "torch.save(model.state_dict(), path), or no weights for random ones"
+        )
+    try:
+        obj = torch.load(p, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed|\n\n|$)",
+                          str(exc), re.DOTALL)
+        detail = found.group(1).strip() if found else str(exc).strip()[:200]
+        if "Unsupported global" in detail:
+            raise ConfigError(
+                f"weights file {str(path)!r} is not a plain state dict: it holds objects other "
+                f"than tensors ({detail}), which are never loaded (they could run code): save "
+                "only model.state_dict()"
+            ) from None
+        raise ConfigError(
+            f"weights file {str(path)!r} cannot be read as a torch state dict ({detail}): give "
+            "a file written by torch.save(model.state_dict(), path)"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise ConfigError(
+            f"weights file {str(path)!r} cannot be read as a torch state dict "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise ConfigError(
+            f"weights file {str(path)!r} does not hold a state dict (a mapping of parameter "
+            f"names to tensors) but {type(obj).__name__}: save model.state_dict()"
+        )
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _load_into(module: nn.Module, state: Mapping[str, torch.Tensor], path: str,
+               backbone: str) -> None:
+    """Copy the needed entries of ``state`` into ``module``; ConfigError naming what is wrong."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    if len(missing) == len(expected):
+        raise ConfigError(
+            f"weights file {path!r} holds none of the {backbone} parameters "
+            f"(e.g. {next(iter(expected))!r}; the file has e.g. {next(iter(state))!r}): "
+            f"give a torchvision {backbone} state dict"
+        )
+    if missing:
+        raise ConfigError(
+            f"weights file {path!r} lacks {len(missing)} {backbone} parameter(s), e.g. "
+            f"{missing[:3]}: give a complete torchvision {backbone} state dict"
+        )
+    bad = [f"{k}: {tuple(state[k].shape)} instead of {tuple(v.shape)}"
+           for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
+    if bad:
+        raise ConfigError(
+            f"weights file {path!r} does not fit {backbone}: {len(bad)} shape mismatch(es), e.g. "
+            f"{'; '.join(bad[:3])} (3-band torchvision {backbone} weights are expected)"
+        )
+    module.load_state_dict({k: state[k] for k in expected}, strict=True)
+
+
+# -- network ---------------------------------------------------------------------------------
+class _Trunk(nn.Module):
+    """A backbone cut after its deepest tapped layer; returns the tapped maps in order."""
+
+    def __init__(self, backbone: str, layers: tuple[str, ...]) -> None:
+        super().__init__()
+        import torchvision
+
+        self.backbone = backbone
+        self.layers = layers
+        self.net: Any  # torchvision modules: dynamic attributes
+        if backbone == "vgg16":
+            last = max(_VGG_STAGES[name] for name in layers)
+            feats = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
+            self.net = nn.Module()
+            self.net.features = nn.Sequential(*list(feats.children())[: last + 1])
+            for m in self.net.modules():  # torchvision VGG's own initialisation
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                    if m.bias is not None:
+                        nn.init.constant_(m.bias, 0)
+            self._taps = {_VGG_STAGES[name]: name for name in layers}
+        else:
+            net = getattr(torchvision.models, backbone)(weights=None)
+            deepest = max(_RESNET_LAYERS.index(name) for name in layers)
+            for name in ("fc", "avgpool", *_RESNET_LAYERS[deepest + 1:]):
+                delattr(net, name)
+            self.net = net
+
+    def first_conv(self) -> nn.Conv2d:
+        """The 3-band input convolution."""
+        conv = self.net.features[0] if self.backbone == "vgg16" else self.net.conv1
+        assert isinstance(conv, nn.Conv2d)
+        return conv
+
+    def adapt_input(self, n_bands: int) -> None:
+        """Replace the first convolution by an N-band one: mean RGB filter x 3/N per band."""
+        old = self.first_conv()
+        if old.in_channels == n_bands:
+            return
+        new = nn.Conv2d(n_bands, old.out_channels, old.kernel_size,  # type: ignore[arg-type]
+                        stride=old.stride, padding=old.padding,  # type: ignore[arg-type]
+                        dilation=old.dilation, bias=old.bias is not None)  # type: ignore[arg-type]
+        with torch.no_grad():
+            w = old.weight.mean(dim=1, keepdim=True) * (3.0 / n_bands)
+            new.weight.copy_(w.repeat(1, n_bands, 1, 1))
+            if old.bias is not None and new.bias is not None:
+                new.bias.copy_(old.bias)
+        if self.backbone == "vgg16":
+            self.net.features[0] = new
+        else:
+            self.net.conv1 = new
+
+    def fuse_batchnorm(self) -> None:
+        """Fold every eval-mode BatchNorm into the convolution before it (resnets; faster)."""
+        if self.backbone == "vgg16":
+            return
+        pairs = [(self.net, "conv1", "bn1")]
+        for name in _RESNET_LAYERS[1:]:
+            for block in getattr(self.net, name, []):
+                pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3)
+                          if hasattr(block, f"conv{i}")]
+                if block.downsample is not None:
+                    pairs.append((block.downsample, "0", "1"))
+        for parent, conv, bn in pairs:
+            fused = fuse_conv_bn_eval(getattr(parent, conv), getattr(parent, bn))
+            setattr(parent, conv, fused)
+            setattr(parent, bn, nn.Identity())
+
+    def ordered_ops(self) -> list[tuple[str | None, list[nn.Module]]]:
+        """(tap name or None, convolutions/pools in forward order) for each stage."""
+        if self.backbone == "vgg16":
+            return [(self._taps.get(i), [m]) for i, m in enumerate(self.net.features)]
+        out: list[tuple[str | None, list[nn.Module]]] = [
+            ("conv1", [self.net.conv1]), (None, [self.net.maxpool])]
+        for name in _RESNET_LAYERS[1:]:
+            if hasattr(self.net, name):
+                ops: list[nn.Module] = [
+                    m for block in getattr(self.net, name) for m in block.children()
+                    if isinstance(m, nn.Conv2d)]
+                out.append((name, ops))
+        return out
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, N, H, W) -> one (B, C_l, H / s_l, W / s_l) map per tapped layer, in tap order."""
+        found: dict[str, torch.Tensor] = {}
+        if self.backbone == "vgg16":
+            for i, m in enumerate(self.net.features):
+                x = m(x)
+                if i in self._taps:
+                    found[self._taps[i]] = x
+        else:
+            n = self.net
+            x = n.relu(n.bn1(n.conv1(x)))
+            found["conv1"] = x
+            x = n.maxpool(x)
+            for name in _RESNET_LAYERS[1:]:
+                if not hasattr(n, name):  # cut after the deepest tapped layer
+                    break
+                x = getattr(n, name)(x)
+                found[name] = x
+        return [found[name] for name in self.layers]
+
+
+def _geometry(trunk: _Trunk) -> tuple[dict[str, int], int]:
+    """Stride of each tapped layer and the halo each output pixel needs (pixels)."""
+    rf, jump, offset = 1.0, 1, 0.0
+    strides: dict[str, int] = {}
+    need = 0.0
+    for tap, ops in trunk.ordered_ops():
+        for m in ops:
+            if isinstance(m, nn.Conv2d | nn.MaxPool2d):
+                k, s, p, d = (v if isinstance(v, int) else int(v[0])
+                              for v in (m.kernel_size, m.stride, m.padding, m.dilation))
+                offset += jump * (d * (k - 1) / 2 - p)
+                rf += (k - 1) * d * jump
+                jump *= int(s)
+        if tap in trunk.layers:
+            strides[tap] = jump
+            # bilinear upsampling reads cells whose centres lie within one stride (plus the
+            # centre's shift from the cell middle) of the pixel; each reads rf/2 around it
+            need = max(need, jump + abs(offset - (jump - 1) / 2) + (rf - 1) / 2)
+        if len(strides) == len(trunk.layers):
+            break
+    stride = max(strides.values())
+    return strides, math.ceil(need / stride) * stride
+
+
+def _layer_width(trunk: _Trunk, layer: str) -> int:
+    """Feature maps of one tapped layer."""
+    if trunk.backbone == "vgg16":
+        convs = [m for m in list(trunk.net.features)[: _VGG_STAGES[layer] + 1]
+                 if isinstance(m, nn.Conv2d)]
+        return int(convs[-1].out_channels)
+    if layer == "conv1":
+        return int(trunk.net.conv1.out_channels)
+    block = list(getattr(trunk.net, layer))[-1]
+    last = [m for m in block.children() if isinstance(m, nn.Conv2d)][-1]
+    return int(last.out_channels)
+
+
+def _upsample_axis(y: torch.Tensor, scale: int, dim: int) -> torch.Tensor:
+    """Bilinear (align_corners=False) x``scale`` along one axis, as separate exact ops.
+
+    ``F.interpolate`` computes an output pixel slightly differently depending on where it falls
+    in the vectorised loop (so on the block's shape); here every output is ``a * w0 + b * w1``
+    with the same weights for the same phase, whatever the shape: tiles agree bit for bit.
+    """
+    n = y.shape[dim]
+    src = (np.arange(n * scale) + 0.5) / scale - 0.5
+    src = np.clip(src, 0.0, None)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n - 1)
+    i1 = np.minimum(i0 + 1, n - 1)
+    lam = (src - i0).astype(np.float32)
+    shape = [1] * y.ndim
+    shape[dim] = n * scale
+    w1 = torch.from_numpy(lam).to(y.device, y.dtype).reshape(shape)
+    w0 = torch.from_numpy(1.0 - lam).to(y.device, y.dtype).reshape(shape)
+    a = y.index_select(dim, torch.from_numpy(i0).to(y.device)).mul_(w0)
+    b = y.index_select(dim, torch.from_numpy(i1).to(y.device)).mul_(w1)
+    return a.add_(b)
+
+
+def _upsample(y: torch.Tensor, scale: int) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, h * scale, w * scale), bilinear, identical for any crop."""
+    return _upsample_axis(_upsample_axis(y, scale, 2), scale, 3)
+
+
+# -- extractor -------------------------------------------------------------------------------
+class BackboneFeatures:
+    """Per-pixel features from chosen layers of a torchvision CNN (deep CVA, DCVA).
+
+    Args:
+        backbone: One of :data:`BACKBONES`.
+        layers: Layers to combine; resnets: 'conv1', 'layer1'..'layer4'; vgg16: 'stage1'..
+            'stage5' (last ReLU of each convolution stage). None: :data:`DEFAULT_LAYERS`.
+        weights: Local state dict of the torchvision backbone (3-band, e.g. ImageNet); None
+            builds random weights from ``seed``. Loaded with ``weights_only=True``: a file that
+            holds anything but tensors is refused, never executed.
+        device: 'auto', 'cpu' or 'cuda' ('cuda:N').
+        batch_size: Images (one date of one block each) per forward pass; None: 4 on the CPU
+            (bounds memory; larger batches are not faster there), 16 on CUDA.
+        seed: Seed of the random weights (``weights=None``) and of the fit's pixel subsample.
+        n_features: Features kept: the change vectors are projected onto this many principal
+            axes of the sample's change vectors (bounds memory and the scorer's work); None keeps
+            every standardised feature.
+        fit_pixels: Pixels (both dates pooled) used to fit the feature statistics.
+
+    Raises:
+        ConfigError: Unknown backbone or layer, CUDA asked for without a GPU, or a bad
+            weights file (the message names the file and what is wrong).
+    """
+
+    name = "backbone"
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        layers: Sequence[str] | None = None,
+        weights: str | Path | None = None,
+        device: str = "auto",
+        *,
+        batch_size: int | None = None,
+        seed: int = 0,
+        n_features: int | None = 32,
+        fit_pixels: int = 200_000,
+    ) -> None:
+        if backbone not in BACKBONES:
+            raise ConfigError(f"unknown backbone {backbone!r}: choose one of {', '.join(BACKBONES)}")
+        allowed = tuple(_VGG_STAGES) if backbone == "vgg16" else _RESNET_LAYERS
+        chosen = tuple(layers) if layers else DEFAULT_LAYERS[backbone]
+        bad = [name for name in chosen if name not in allowed]
+        if bad or len(set(chosen)) != len(chosen):
+            raise ConfigError(
+                f"invalid layers {chosen!r} for {backbone}: choose distinct names among "
+                f"{', '.join(allowed)}"
+            )
+        if (batch_size is not None and batch_size < 1) or (n_features is not None and n_features < 1) or fit_pixels < 1000:
+            raise ConfigError(
+                f"batch_size={batch_size!r}, n_features={n_features!r}, fit_pixels="
+                f"{fit_pixels!r}: need batch_size >= 1, n_features >= 1 or None, "
+                "fit_pixels >= 1000"
+            )
+        order = allowed if backbone == "vgg16" else _RESNET_LAYERS
+        self.backbone = backbone
+        self.layers = tuple(sorted(chosen, key=order.index))
+        self.weights = None if weights is None else str(weights)
+        self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cpu_threads())
+        self.batch_size = batch_size or (16 if self.device.type == "cuda" else 4)
+        self.seed = seed
+        self.n_features = n_features
+        self.fit_pixels = fit_pixels
+        self._state_dict = None if self.weights is None else load_state_dict_file(self.weights)
+        self._template: _Trunk | None = self._make_template()  # checks the weights file now
+        self._strides, self._halo = _geometry(self._template)
+        self._widths = [_layer_width(self._template, name) for name in self.layers]
+        self._trunk: _Trunk | None = None  # built for the band count seen in fit/load_state
+        self._n_bands: int | None = None
+        self._band_mean: NDArray[np.float64] | None = None  # (N,)
+        self._band_std: NDArray[np.float64] | None = None
+        self._feat_mean: NDArray[np.float64] | None = None  # (F,)
+        self._feat_std: NDArray[np.float64] | None = None
+        self._proj: NDArray[np.float64] | None = None  # (K, F) or None (identity)
+        self._head: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self.kept_energy = 1.0
+        """Share of the sample's squared change-vector norm kept by the projection (after fit)."""
+
+    # -- geometry ----------------------------------------------------------------------------
+    @property
+    def stride(self) -> int:
+        """Total stride S of the deepest layer: tile offsets must be multiples of it."""
+        return max(self._strides.values())
+
+    @property
+    def halo(self) -> int:
+        """Receptive-field radius of the deepest layer + one stride, a multiple of :attr:`stride`."""
+        return self._halo
+
+    # -- network -----------------------------------------------------------------------------
+    def _make_template(self) -> _Trunk:
+        """The 3-band network on the CPU: loaded weights, or random ones from the seed."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            trunk = _Trunk(self.backbone, self.layers)
+        if self._state_dict is not None:
+            assert self.weights is not None
+            _load_into(trunk.net, self._state_dict, self.weights, self.backbone)
+        return trunk.eval().requires_grad_(False)
+
+    def _build(self, n_bands: int) -> _Trunk:
+        """The network for N bands: first convolution adapted, BatchNorm folded, on the device."""
+        trunk = self._template if self._template is not None else self._make_template()
+        self._template = None  # consumed: adapted and fused in place
+        trunk.adapt_input(n_bands)
+        trunk.eval().requires_grad_(False)
+        trunk.fuse_batchnorm()
+        return trunk.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload,no-any-return]
+
+    def _ensure_bands(self, n_bands: int) -> _Trunk:
+        if self._trunk is None or self._trunk.first_conv().in_channels != n_bands:
+            self._trunk = None
+            self._trunk = self._build(n_bands)
+        return self._trunk
+
+    @contextlib.contextmanager
+    def _compute(self) -> Iterator[None]:
+        """inference_mode; CPU: float32; CUDA: bf16 (fp16 without bf16 support) autocast."""
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+                with torch.autocast("cuda", dtype=dtype):
+                    yield
+            else:
+                yield
+
+    def _inputs(self, blocks: Sequence[FeatureSample]) -> tuple[torch.Tensor, int]:
+        """Standardised, filled, stride-aligned batch (2B, N, H', W') and the start padding."""
+        assert self._band_mean is not None and self._band_std is not None
+        s = self.stride
+        halo = blocks[0].halo
+        h, w = blocks[0].valid.shape
+        lead = (-halo) % s  # the core starts on a multiple of s, so the block at -halo
+        hp = -(-(lead + h) // s) * s
+        wp = -(-(lead + w) // s) * s
+        mean = self._band_mean.astype(np.float32)[:, None, None]
+        std = self._band_std.astype(np.float32)[:, None, None]
+        n = mean.shape[0]
+        x = np.zeros((2 * len(blocks), n, hp, wp), np.float32)
+        for i, b in enumerate(blocks):
+            for j, image in enumerate((b.before, b.after)):
+                if image.shape[0] != n:
+                    raise BandMismatchError(
+                        f"block has {image.shape[0]} bands but the backbone features were fitted "
+                        f"on {n}: use the same bands for fit and extract"
+                    )
+                z = (image - mean) / std
+                z[:, ~b.valid] = 0.0
+                x[2 * i + j, :, lead:lead + h, lead:lead + w] = z
+        t = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
+        return t, lead
+
+    def _layer_maps(self, x: torch.Tensor, *, raw: bool = False) -> list[torch.Tensor]:
+        """Per layer: maps (raw, or through the fitted head) bilinearly upsampled to x's size."""
+        size = x.shape[-2:]
+        out = []
+        for i, fmap in enumerate(self._ensure_bands(int(x.shape[1]))(x)):
+            y = fmap.contiguous()  # NCHW at layer resolution: cheap, and the output follows
+            if not raw:
+                weight, bias = self._head[i]
+                if weight.ndim == 1:  # no projection: per-feature scale and shift
+                    assert bias is not None
+                    y = y * weight[:, None, None].to(y.dtype) + bias[:, None, None].to(y.dtype)
+                else:
+                    y = nnf.conv2d(y, weight.to(y.dtype),
+                                   None if bias is None else bias.to(y.dtype))
+            if y.shape[-2:] != size:
+                y = _upsample(y, size[0] // y.shape[-2])
+            out.append(y)
+        return out
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        """Network + per-layer head, upsampled and combined: (2B, K, H', W')."""
+        parts = self._layer_maps(x)
+        if self._proj is None:
+            return torch.cat(parts, dim=1)
+        total = parts[0]
+        for part in parts[1:]:
+            total = total.add_(part)
+        return total
+
+    def _features(self, blocks: Sequence[FeatureSample]) -> list[NDArray[np.float32]]:
+        """(2, F, H, W) float32 features (before, after) of same-shape, same-halo blocks."""
+        h, w = blocks[0].valid.shape
+        per = max(1, self.batch_size // 2)  # blocks per forward pass (two images each)
+        res: list[NDArray[np.float32]] = []
+        with self._compute():
+            for start in range(0, len(blocks), per):
+                chunk = blocks[start:start + per]
+                x, lead = self._inputs(chunk)
+                y = self._run(x)
+                y = y[..., lead:lead + h, lead:lead + w].float().contiguous().cpu()
+                pairs = y.numpy().reshape(len(chunk), 2, -1, h, w)
+                for b, f in zip(chunk, pairs, strict=True):
+                    f[:, :, ~b.valid] = 0.0
+                    res.append(f)
+        return res
+
+    def network_forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The bare network on a prepared batch, as extraction runs it (for benchmarks).
+
+        Args:
+            x: (B, N, H, W) float32 tensor on :attr:`device`; the first convolution is adapted
+                to N bands if needed.
+
+        Returns:
+            One (B, C_l, H / s_l, W / s_l) map per layer, in layer order.
+        """
+        trunk = self._ensure_bands(int(x.shape[1]))
+        with self._compute():
+            return trunk(x.contiguous(memory_format=torch.channels_last))  # type: ignore[no-any-return]
+
+    # -- fit / extract -----------------------------------------------------------------------
+    def fit(self, samples: Sequence[FeatureSample]) -> None:
+        """Fit band statistics, feature statistics and the projection on the global sample.
+
+        Args:
+            samples: Prepared blocks spread over the whole raster; ``before``/``after`` are
+                (N, H, W) float32 bands; ``halo`` must be at least :attr:`halo`.
+
+        Raises:
+            ConfigError: If a block's halo is smaller than :attr:`halo`.
+            ValueError: If the sample holds no valid pixel.
+        """
+        short = [s.halo for s in samples if s.halo < self.halo]
+        if short:
+            raise ConfigError(f"sample blocks have halo {short[0]} < {self.halo} needed by "
+                              f"{self.backbone} {self.layers}: read blocks with halo >= {self.halo}")
+        if not samples:
+            raise ValueError("no sample block to fit the backbone features on")
+        cores = [crop_core(s.valid, s.halo) for s in samples]
+        arrays = [crop_core(a, s.halo) for s in samples for a in (s.before, s.after)]
+        valids = [np.asarray(v, dtype=bool) for v in cores for _ in (0, 1)]
+        mean, std = masked_band_stats(arrays, valids)  # type: ignore[arg-type]
+        self._n_bands = int(mean.shape[0])
+        self._band_mean, self._band_std = mean, std
+        self._ensure_bands(self._n_bands)
+        # feature statistics on an evenly spread subset of blocks, pixels subsampled
+        counts = np.array([int(v.sum()) for v in cores])
+        total = int(counts.sum())
+        if total == 0:
+            raise ValueError("no valid pixel in the sample: the inputs hold only nodata")
+        per_date = max(1, self.fit_pixels // 2)
+        rng = np.random.default_rng(self.seed)
+        use = np.flatnonzero(counts)
+        if total > 2 * per_date:  # evenly spread blocks holding ~2x the pixels, then subsample
+            keep = min(len(use), math.ceil(2 * per_date / counts[use].mean()))
+            use = np.unique(use[np.linspace(0, len(use) - 1, keep).round().astype(int)])
+        take_frac = min(1.0, per_date / max(1, int(counts[use].sum())))
+        fb: list[torch.Tensor] = []
+        fa: list[torch.Tensor] = []
+        for i in use.tolist():
+            block = samples[i]
+            pix = np.flatnonzero(cores[i])
+            k = max(1, round(len(pix) * take_frac))
+            if k < len(pix):
+                pix = np.sort(rng.choice(pix, size=k, replace=False))
+            x, lead = self._inputs([block])
+            width = cores[i].shape[1]
+            flat = ((pix // width + block.halo + lead) * x.shape[-1]
+                    + pix % width + block.halo + lead)
+            with self._compute():
+                index = torch.from_numpy(flat).to(self.device)
+                picked = torch.cat([y.flatten(2)[:, :, index] for y in self._layer_maps(
+                    x, raw=True)], dim=1).double().cpu()  # (2, F, k)
+            fb.append(picked[0].T)
+            fa.append(picked[1].T)
+        xb, xa = torch.cat(fb), torch.cat(fa)  # (n, F) float64
+        both = torch.cat([xb, xa])
+        mean_t = both.mean(dim=0)
+        std_t = both.std(dim=0, correction=0)
+        fmean = mean_t.numpy()
+        fstd = np.maximum(std_t.numpy(), np.maximum(1e-6 * np.abs(fmean), 1e-12))
+        self._feat_mean, self._feat_std = fmean, fstd
+        n_feat = fmean.shape[0]
+        if self.n_features is None or self.n_features >= n_feat:
+            self._proj = None
+            self.kept_energy = 1.0
+        else:
+            d = (xa - xb) / torch.from_numpy(fstd)
+            moment = (d.T @ d / max(1, d.shape[0])).numpy()
+            vals, vecs = np.linalg.eigh(moment)
+            order = np.argsort(vals)[::-1][: self.n_features]
+            self.kept_energy = float(vals[order].sum() / max(vals.sum(), 1e-300))
+            proj = vecs[:, order].T
+            signs = np.sign(proj[np.arange(len(proj)), np.abs(proj).argmax(axis=1)])
+            self._proj = proj * signs[:, None]
+        self._make_head()
+
+    def _make_head(self) -> None:
+        """Per-layer (weight, bias) tensors folding standardisation (and projection)."""
+        assert self._feat_mean is not None and self._feat_std is not None
+        trunk_maps = self._widths
+        if sum(trunk_maps) != self._feat_mean.shape[0]:
+            raise ConfigError(
+                f"fitted state has {self._feat_mean.shape[0]} features but {self.backbone} "
+                f"{self.layers} gives {sum(trunk_maps)}: the state belongs to another backbone"
+            )
+        scale = 1.0 / self._feat_std
+        shift = -self._feat_mean * scale
+        head: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        start = 0
+        for li, c in enumerate(trunk_maps):
+            sl = slice(start, start + c)
+            start += c
+            if self._proj is None:
+                w = torch.from_numpy(scale[sl].astype(np.float32))
+                b: torch.Tensor | None = torch.from_numpy(shift[sl].astype(np.float32))
+            else:
+                wk = self._proj[:, sl] * scale[sl][None, :]
+                w = torch.from_numpy(wk.astype(np.float32)[:, :, None, None].copy())
+                b = (torch.from_numpy((self._proj @ shift).astype(np.float32)) if li == 0
+                     else None)
+            head.append((w.to(self.device), None if b is None else b.to(self.device)))
+        self._head = head
+
+    def extract(self, block: FeatureSample) -> FeatureSample:
+        """Features of both dates of one block: (K, H, W) float32 each, 0 at invalid pixels."""
+        return self.extract_batch([block])[0]
+
+    def extract_batch(self, blocks: Sequence[FeatureSample]) -> list[FeatureSample]:
+        """Features of several blocks; blocks of one shape go through the network together."""
+        if self._band_mean is None or not self._head:
+            raise RuntimeError("BackboneFeatures.extract called before fit/load_state")
+        groups: dict[tuple[tuple[int, ...], int], list[int]] = {}
+        for i, b in enumerate(blocks):
+            groups.setdefault((b.valid.shape, b.halo), []).append(i)
+        out: list[FeatureSample | None] = [None] * len(blocks)
+        for idx in groups.values():
+            feats = self._features([blocks[i] for i in idx])
+            for i, f in zip(idx, feats, strict=True):
+                out[i] = FeatureSample(f[0], f[1], blocks[i].valid, blocks[i].halo)
+        return [o for o in out if o is not None]
+
+    # -- state -------------------------------------------------------------------------------
+    def state(self) -> State:
+        """Fitted statistics (band and feature mean/std, projection) and the weights' seed."""
+        if self._band_mean is None or self._feat_mean is None:
+            return {}
+        st: State = {
+            "seed": np.asarray(self.seed, np.int64),
+            "backbone": np.asarray(f"{self.backbone}:{','.join(self.layers)}"),
+            "band_mean": self._band_mean, "band_std": np.asarray(self._band_std),
+            "feat_mean": self._feat_mean, "feat_std": np.asarray(self._feat_std),
+        }
+        if self._proj is not None:
+            st["projection"] = self._proj
+        return st
+
+    def load_state(self, state: State) -> None:
+        """Restore what :meth:`state` saved (rebuilding random weights if the seed differs).
+
+        Raises:
+            ConfigError: If the state was fitted for another backbone or other layers.
+        """
+        ident = str(np.asarray(state["backbone"]))
+        mine = f"{self.backbone}:{','.join(self.layers)}"
+        if ident != mine:
+            raise ConfigError(f"fitted state is for {ident!r}, not {mine!r}: fit again")
+        seed = int(np.asarray(state["seed"]))
+        if seed != self.seed:  # random weights of another seed: rebuilt on first use
+            self.seed = seed
+            self._template = self._trunk = None
+        self._band_mean = np.asarray(state["band_mean"], np.float64)
+        self._band_std = np.asarray(state["band_std"], np.float64)
+        self._n_bands = int(self._band_mean.shape[0])
+        self._ensure_bands(self._n_bands)
+        self._feat_mean = np.asarray(state["feat_mean"], np.float64)
+        self._feat_std = np.asarray(state["feat_std"], np.float64)
+        self._proj = (np.asarray(state["projection"], np.float64) if "projection" in state
+                      else None)
+        self._make_head()
+

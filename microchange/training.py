@@ -1,0 +1,153 @@
+"""Train the 'learned' feature extractor on a pair and save it as a checkpoint.
+
+``microchange train`` and the flow ``train-feature-extractor`` call :func:`train_extractor`. It
+runs the planning and fitting stages of the detection pipeline, so the network is trained on the
+same global sample (same blocks, seed, co-registration and preprocessing) as in ``microchange
+detect --method learned``: ``detect --model CKPT`` on that pair gives the outputs of a run that
+trains on the fly with the same seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from microchange.config import DetectConfig
+from microchange.detector import build_detector
+from microchange.errors import InputError, OutputError
+from microchange.features import checkpoints
+from microchange.features.learned import LearnedFeatures
+from microchange.io.manifest import read_json
+from microchange.io.rasters import PathLike
+from microchange.pipeline import fit_detection, plan_detection
+
+__all__ = ("plot_loss_curve", "train_extractor")
+
+log = logging.getLogger("microchange")
+
+
+def plot_loss_curve(training: dict[str, Any], path: PathLike, *, title: str = "") -> Path:
+    """Write the per-epoch loss curve as a PNG (matplotlib Agg, no display needed).
+
+    Args:
+        training: Training summary with ``loss_history`` (held-out) and ``train_loss_history``.
+        path: PNG to write (under a temporary name, then renamed).
+        title: Plot title.
+
+    Returns:
+        The path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    train = list(training.get("train_loss_history") or [])
+    held = list(training.get("loss_history") or [])
+    start = 1
+    if training.get("initial_loss") is not None:  # epoch 0: before any update
+        held, start = [training["initial_loss"], *held], 0
+    ax.plot(range(1, len(train) + 1), train, marker="o", ms=3, label="training patches")
+    ax.plot(range(start, start + len(held)), held, marker="o", ms=3, label="held-out patches")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("masked Huber loss (standardised units)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    dest = Path(path)
+    tmp = dest.with_name(f".{dest.stem}.tmp{dest.suffix}")
+    fig.savefig(tmp, format="png")
+    tmp.replace(dest)
+    return dest
+
+
+def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
+                    config: DetectConfig) -> dict[str, Any]:
+    """Train the 'learned' extractor on BEFORE/AFTER and save it as a checkpoint.
+
+    Runs the first two stages of a detection (:func:`~microchange.pipeline.plan_detection`:
+    input checks and co-registration; :func:`~microchange.pipeline.fit_detection`: the global
+    sample, preprocessing, training) in a temporary staging folder next to the checkpoint, so the
+    network sees exactly what ``detect --method learned`` would train on.
+
+    Args:
+        before: Raster at t0 (any format ``detect`` reads).
+        after: Raster at t1; resampled onto BEFORE's grid if needed.
+        out_ckpt: Checkpoint file to write (e.g. ``model.ckpt``); a loss-curve PNG is written
+            next to it (``model.loss.png``).
+        config: Run parameters; ``sensor``, ``bands``, ``seed``, ``sample_pixels``,
+            ``preprocess`` and ``deep`` (objective, epochs, patience, device) are used. The
+            method is always 'learned' and ``deep.model`` is ignored.
+
+    Returns:
+        Summary: checkpoint and PNG paths, objective, bands, epochs run, final and best
+        held-out loss, device, seconds.
+
+    Raises:
+        InputError: If an input or option is bad (unreadable raster, band mismatch, no valid
+            pixel, unknown objective, CUDA asked for without a GPU, --out is a folder).
+        OutputError: If the checkpoint cannot be written.
+    """
+    t0 = time.perf_counter()
+    out = Path(out_ckpt)
+    if out.is_dir():
+        raise InputError(f"--out {str(out)!r} is a folder: give a checkpoint file name, e.g. "
+                         f"{str(out / 'model.ckpt')!r}")
+    cfg = config.model_copy(update={
+        "method": "learned", "deep": config.deep.model_copy(update={"model": None})})
+    build_detector(cfg)  # bad objective or device -> ConfigError before any I/O
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".microchange-train-", dir=out.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write next to {str(out)!r} ({exc}): choose a writable "
+                          "--out") from exc
+    try:
+        plan = plan_detection(before, after, work, cfg)
+        model = fit_detection(plan)
+        detector = build_detector(cfg)
+        detector.load_state(model)
+        extractor = detector.extractor
+        if not isinstance(extractor, LearnedFeatures):  # pragma: no cover - registry broken
+            raise TypeError("the 'learned' method does not use LearnedFeatures")
+        doc = read_json(Path(plan))
+        inputs = [f for role in ("before", "after") for f in doc["inputs"][role]["files"]]
+        state_dict, meta = extractor.checkpoint_payload(inputs=inputs)
+        fit = read_json(Path(plan).parent / "fit.json")
+        meta["sample"] = {**fit["sample"], "seed": cfg.seed, "sample_pixels": cfg.sample_pixels,
+                          "coregistration": doc["coregistration"],
+                          "grid": {"height": doc["grid"]["height"],
+                                   "width": doc["grid"]["width"]}}
+        checkpoints.save(out, state_dict, meta)
+        try:
+            png = plot_loss_curve(extractor.training, out.with_suffix(".loss.png"),
+                                  title=f"learned/{extractor.objective}: {out.name}")
+        except OSError as exc:
+            raise OutputError(f"cannot write the loss curve next to {str(out)!r} ({exc}): "
+                              "choose a writable --out") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    training = extractor.training
+    summary = {
+        "checkpoint": str(out),
+        "loss_curve": str(png),
+        "objective": extractor.objective,
+        "architecture": extractor.arch.describe(),
+        "bands": meta["bands"],
+        "sample_pixels": meta["sample"]["pixels"],
+        "epochs": training["epochs_run"],
+        "final_loss": training["final_loss"],
+        "best_loss": training["best_loss"],
+        "device": training["device"],
+        "timings": {"train_s": training["seconds"],
+                    "total_s": round(time.perf_counter() - t0, 3)},
+    }
+    log.info("trained learned/%s in %d epochs (held-out loss %.4g): %s", extractor.objective,
+             training["epochs_run"], training["best_loss"], out)
+    return summary

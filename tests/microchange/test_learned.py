@@ -1,0 +1,218 @@
+"""The 'learned' extractor: training, scores, checkpoints, tile-size invariance, determinism."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from microchange.config import DeepConfig, DetectConfig
+from microchange.detector import build_detector
+from microchange.errors import ConfigError
+from microchange.features import checkpoints
+from microchange.pipeline import run_detection
+from microchange.synthetic import make_scene, write_scene
+from microchange.training import train_extractor
+
+EPOCHS = 2
+
+
+def _config(**deep) -> DetectConfig:
+    deep = {"device": "cpu", "epochs": EPOCHS, **deep}
+    return DetectConfig(method="learned", deep=DeepConfig(**deep))
+
+
+def _with_model(config: DetectConfig, model: Path, **update) -> DetectConfig:
+    deep = config.deep.model_copy(update={"model": str(model)})
+    return config.model_copy(update={"deep": deep, **update})
+
+
+def _read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A 100 x 90 px 3-band scene (not a multiple of the tile sizes) with implanted changes."""
+    s = make_scene(height=100, width=90, bands=3, seed=3, n_changes=6, noise=0.01)
+    paths = write_scene(s, tmp_path_factory.mktemp("scene"))
+    return paths, s.truth.astype(bool)
+
+
+@pytest.fixture(scope="module")
+def trained(scene, tmp_path_factory):
+    """A checkpoint trained by train_extractor, and an on-the-fly detect run with the same seed."""
+    paths, _ = scene
+    root = tmp_path_factory.mktemp("learned")
+    summary = train_extractor(paths["before"], paths["after"], root / "model.ckpt", _config())
+    fly = root / "fly"
+    run_detection(paths["before"], paths["after"], fly, _config())
+    return summary, root / "model.ckpt", fly
+
+
+def test_training_learns_a_nonlinear_radiometric_change_in_seconds() -> None:
+    """AFTER = sqrt of BEFORE's bands in another order: CVA sees change everywhere."""
+    from microchange.features.base import FeatureSample
+    from microchange.features.learned import LearnedFeatures
+
+    s = make_scene(height=96, width=96, bands=3, seed=5, n_changes=4, shift_px=0.0)
+    after = np.sqrt(np.clip(s.after[[1, 2, 0]], 0, None)).astype(np.float32)
+    valid = np.ones(s.truth.shape, bool)
+    ext = LearnedFeatures(objective="cross", device="cpu", epochs=8, patience=8)
+    ext.fit([FeatureSample(s.before, after, valid, 0)])
+    t = ext.training
+    assert t["best_loss"] < 0.9 * t["initial_loss"]
+    assert t["loss_history"][-1] < t["loss_history"][0]
+    assert t["seconds"] < 30
+
+
+def test_train_extractor_summary_and_loss_curve(trained) -> None:
+    summary, ckpt, _ = trained
+    assert summary["checkpoint"] == str(ckpt) and summary["objective"] == "cross"
+    assert summary["epochs"] == len(checkpoints.load(ckpt).metadata["training"]["loss_history"])
+    assert Path(summary["loss_curve"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(ckpt.parent.glob(".microchange-train-*"))  # staging removed
+
+
+def test_checkpoint_metadata(trained, scene) -> None:
+    _, ckpt, _ = trained
+    meta = checkpoints.load(ckpt).metadata
+    assert meta["bands"] == 3 and meta["objective"] == "cross"
+    assert meta["architecture"]["name"] == "cross-residual-cnn"
+    assert meta["architecture"]["halo"] == 3
+    assert np.asarray(meta["normalisation"]["mean"]).shape == (2, 3)
+    assert len(meta["data"]["sample_sha256"]) == 64
+    assert {Path(f["path"]).name for f in meta["data"]["inputs"]} == {"before.tif", "after.tif"}
+    assert meta["versions"]["torch"] and meta["versions"]["microchange"]
+    assert meta["created"] and meta["training"]["epochs_run"] >= 1
+
+
+def test_changes_score_above_unchanged_areas(trained, scene) -> None:
+    _, truth = scene
+    score = _read(trained[2] / "change_score.tif")
+    assert np.nanmean(score[truth]) > 2 * np.nanmean(score[~truth])
+
+
+def test_checkpoint_round_trip_equals_on_the_fly(trained, scene, tmp_path) -> None:
+    paths, _ = scene
+    _, ckpt, fly = trained
+    run_detection(paths["before"], paths["after"], tmp_path / "ckpt", _with_model(_config(), ckpt))
+    for name in ("change_score.tif", "change_mask.tif"):
+        np.testing.assert_array_equal(_read(tmp_path / "ckpt" / name), _read(fly / name))
+
+
+def test_scores_do_not_depend_on_the_tile_size(trained, scene, tmp_path) -> None:
+    """Tiles of 32 and 64 px (100 x 90 raster) against the whole-raster on-the-fly run.
+
+    oneDNN picks convolution kernels by input shape, so scores may differ by ~1 ulp between
+    block shapes (exact with ``torch.backends.mkldnn`` disabled, at ~6x the inference time).
+    """
+    paths, _ = scene
+    _, ckpt, fly = trained
+    whole_score, whole_mask = _read(fly / "change_score.tif"), _read(fly / "change_mask.tif")
+    for tile in (32, 64):
+        out = tmp_path / f"t{tile}"
+        run_detection(paths["before"], paths["after"], out,
+                      _with_model(_config(), ckpt, tile_size=tile))
+        np.testing.assert_array_equal(_read(out / "change_mask.tif"), whole_mask)
+        np.testing.assert_allclose(_read(out / "change_score.tif"), whole_score, rtol=0,
+                                   atol=1e-5)
+
+
+def test_cpu_training_is_deterministic(trained, scene, tmp_path) -> None:
+    paths, _ = scene
+    run_detection(paths["before"], paths["after"], tmp_path / "again", _config())
+    a = (tmp_path / "again" / "change_score.tif").read_bytes()
+    assert a == (trained[2] / "change_score.tif").read_bytes()
+
+
+def test_extract_batch_equals_extract_and_state_round_trips(trained, scene) -> None:
+    from microchange.features.base import FeatureSample
+
+    _, ckpt, _ = trained
+    det = build_detector(_with_model(_config(), ckpt))
+    rng = np.random.default_rng(0)
+    blocks = [FeatureSample(rng.normal(0, 1, (3, h, w)).astype(np.float32),
+                            rng.normal(0, 1, (3, h, w)).astype(np.float32),
+                            np.ones((h, w), bool), 3) for h, w in ((40, 40), (40, 40), (30, 50))]
+    blocks[0].valid[5:9, 5:9] = False
+    det.extractor.fit(blocks)
+    batch = det.extractor.extract_batch(blocks)
+    clone = build_detector(_config())
+    clone.extractor.load_state(det.extractor.state())
+    for blk, feats in zip(blocks, batch, strict=True):
+        one = clone.extractor.extract(blk)
+        assert feats.before.shape == (6, *blk.valid.shape)
+        np.testing.assert_allclose(one.before, feats.before, atol=1e-5)
+        np.testing.assert_allclose(one.after, feats.after, atol=1e-5)
+    assert not batch[0].before[:, 5:9, 5:9].any()
+
+
+def test_dae_objective_trains_and_scores(scene, tmp_path) -> None:
+    paths, truth = scene
+    run_detection(paths["before"], paths["after"], tmp_path / "dae",
+                  _config(objective="dae", epochs=1))
+    score = _read(tmp_path / "dae" / "change_score.tif")
+    assert np.isfinite(score).all() and np.nanmean(score[truth]) > np.nanmean(score[~truth])
+
+
+def test_checkpoint_with_other_band_count_is_refused(scene, tmp_path) -> None:
+    paths, _ = scene
+    two = tmp_path / "two.ckpt"
+    train_extractor(paths["before"], paths["after"], two,
+                    _config(epochs=1).model_copy(update={"bands": (1, 2)}))
+    with pytest.raises(ConfigError, match=r"trained on 2 band\(s\) but the input has 3"):
+        run_detection(paths["before"], paths["after"], tmp_path / "o",
+                      _with_model(_config(), two))
+    assert not (tmp_path / "o" / "run.json").exists()
+
+
+def test_objective_conflicting_with_the_checkpoint_is_refused(trained) -> None:
+    _, ckpt, _ = trained
+    with pytest.raises(ConfigError, match=r"trained with objective 'cross'.*--objective 'dae'"):
+        build_detector(_with_model(_config(objective="dae"), ckpt))
+
+
+def test_unknown_objective_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"unknown objective 'nope'.*cross, dae"):
+        build_detector(_config(objective="nope"))
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_malicious_checkpoint_is_refused_without_running_it(tmp_path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"format": checkpoints.FORMAT, "format_version": 1, "state_dict": {},
+                "metadata": {"payload": _Payload(marker)}}, evil)
+    with pytest.raises(ConfigError, match="was refused: it holds Python objects"):
+        checkpoints.load(evil)
+    with pytest.raises(ConfigError, match=r"evil\.ckpt"):
+        build_detector(_with_model(_config(), evil))
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the payload is live: an unsafe load would run it
+    assert marker.exists()
+
+
+def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"does not exist.*microchange train"):
+        checkpoints.load(tmp_path / "nope.ckpt")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ConfigError, match=r"cannot read checkpoint .*bad\.ckpt"):
+        checkpoints.load(bad)
+    other = tmp_path / "other.ckpt"
+    torch.save({"weight": torch.zeros(3)}, other)
+    with pytest.raises(ConfigError, match="not a microchange learned-extractor checkpoint"):
+        checkpoints.load(other)

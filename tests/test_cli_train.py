@@ -1,0 +1,63 @@
+"""`microchange train`: checkpoint + loss curve, exit codes for bad options."""
+
+import pytest
+import torch
+
+from microchange.cli import main
+from microchange.features import checkpoints
+
+
+def test_train_writes_checkpoint_and_loss_curve(planted_pair, tmp_path, capsys) -> None:
+    before, after, _ = planted_pair
+    ckpt = tmp_path / "models" / "model.ckpt"
+    code = main(["train", str(before), str(after), "--out", str(ckpt), "--epochs", "1",
+                 "--device", "cpu", "--seed", "1"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert ckpt.is_file() and (tmp_path / "models" / "model.loss.png").is_file()
+    assert f"checkpoint: {ckpt}" in out.out and "learned/cross: 1 epochs" in out.out
+    assert "epoch 1/1" in out.err  # per-epoch progress
+    meta = checkpoints.load(ckpt).metadata
+    assert meta["bands"] == 4 and meta["training"]["seed"] == 1
+    assert [p.name for p in (tmp_path / "models").iterdir()] != []
+    assert not list((tmp_path / "models").glob(".*"))  # no temporary file left
+    code = main(["detect", str(before), str(after), "--out", str(tmp_path / "o"), "--method",
+                 "learned", "--model", str(ckpt), "--seed", "1", "-q"])
+    assert code == 0 and (tmp_path / "o" / "run.json").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_train_on_cuda_without_gpu_exits_2(planted_pair, tmp_path, capsys) -> None:
+    before, after, _ = planted_pair
+    code = main(["train", str(before), str(after), "--out", str(tmp_path / "m.ckpt"),
+                 "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no CUDA GPU is available" in err and "--device cpu" in err and "Traceback" not in err
+    assert not (tmp_path / "m.ckpt").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--objective", "nope"], "unknown objective 'nope'"),
+    (["--epochs", "0"], "deep.epochs: Input should be greater than or equal to 1"),
+    (["--bands", "1,9"], "band(s) [9] requested but BEFORE"),
+])
+def test_train_bad_options_exit_2(planted_pair, tmp_path, capsys, args, message) -> None:
+    before, after, _ = planted_pair
+    code = main(["train", str(before), str(after), "--out", str(tmp_path / "m.ckpt"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_train_out_is_a_folder_exits_2(planted_pair, tmp_path, capsys) -> None:
+    before, after, _ = planted_pair
+    code = main(["train", str(before), str(after), "--out", str(tmp_path)])
+    assert code == 2 and "is a folder" in capsys.readouterr().err
+
+
+def test_detect_with_a_missing_model_exits_2(planted_pair, tmp_path, capsys) -> None:
+    before, after, _ = planted_pair
+    code = main(["detect", str(before), str(after), "--out", str(tmp_path / "o"), "--method",
+                 "learned", "--model", str(tmp_path / "nope.ckpt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "nope.ckpt" in err and "does not exist" in err
