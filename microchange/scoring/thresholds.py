@@ -179,7 +179,7 @@ def _gamma_null_threshold(v: NDArray[np.float64], fpr: float) -> float | None:
     q25, q50, q75 = np.quantile(sq, [0.25, 0.5, 0.75])
     if q25 <= 0 or q75 <= q25:
         return None
-    ratio = q75 / q25
+    ratio = float(q75 / q25)
 
     def _gap(log_a: float) -> float:
         a = math.exp(log_a)
