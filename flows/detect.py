@@ -3,10 +3,11 @@
 import time
 from typing import Any
 
-from prefect import flow, unmapped
+from prefect import Flow, flow, unmapped
 
 from microchange.config import DetectConfig
 from microchange.pipeline import discard_run, tile_batches
+from flows.runners import dask_task_runner
 from tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
 
 
@@ -36,7 +37,7 @@ def detect_changes(
     plan = plan_tiles(before, after, out, config)
     try:
         fit_on_sample(plan)
-        batches = tile_batches(plan)
+        batches = tile_batches(plan, batch_size=4)
         scored = score_tiles.map(unmapped(plan), batches)
         scored.result()
         summary: dict[str, Any] = finalise_outputs(plan, started)
@@ -45,3 +46,22 @@ def detect_changes(
         raise
     print(f"outputs in {summary['out']}: {summary['counts']}")
     return summary
+
+
+def detect_changes_on_dask(
+    address: str | None = None, workers: int | None = None
+) -> "Flow[..., dict[str, Any]]":
+    """The detect-changes flow with its tile batches scored on Dask.
+
+    Args:
+        address: Scheduler of an existing ``distributed`` cluster; None starts a LocalCluster.
+        workers: Worker processes of the LocalCluster (default: one per CPU).
+
+    Returns:
+        The flow, ready to call with the same parameters as :func:`detect_changes`.
+    """
+    return detect_changes.with_options(task_runner=dask_task_runner(address, workers))
+
+
+detect_changes_dask = detect_changes.with_options(task_runner=dask_task_runner())
+"""Entry point for deployments: Dask LocalCluster, or ``$MICROCHANGE_DASK_ADDRESS`` if set."""

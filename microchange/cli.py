@@ -186,6 +186,10 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefect", action="store_true",
                    help="run through the Prefect flow 'detect-changes' (starts a local API if "
                         "PREFECT_API_URL is not set: ~10 s)")
+    p.add_argument("--dask", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the flow with tile batches on Dask: a LocalCluster, or the "
+                        "scheduler at ADDRESS (e.g. tcp://host:8786); implies --prefect")
+    p.add_argument("--workers", type=int, help="LocalCluster worker processes (default: CPUs)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
@@ -314,7 +318,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _run(config: DetectConfig, before: str, after: str, out: str, *, use_prefect: bool,
-         quiet: bool) -> dict[str, Any]:
+         quiet: bool, dask: str | None = None, workers: int | None = None) -> dict[str, Any]:
+    if dask is not None:
+        from flows.detect import detect_changes_on_dask  # Prefect and Dask only when asked for
+
+        run = detect_changes_on_dask(dask or None, workers)
+        return run(before=before, after=after, out=out, config=config)  # type: ignore[no-any-return]
     if use_prefect:
         from flows.detect import detect_changes  # Prefect only when asked for
 
@@ -328,7 +337,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     t0 = time.perf_counter()
     summary = _run(config, args.before, args.after, args.out, use_prefect=args.prefect,
-                   quiet=args.quiet)
+                   quiet=args.quiet, dask=args.dask, workers=args.workers)
     print(f"outputs in {summary['out']}")
     print(_summary_line(summary, time.perf_counter() - t0))
     return EXIT_OK

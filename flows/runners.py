@@ -1,0 +1,44 @@
+"""Task runners for the flows: Dask on a local cluster by default, or an existing scheduler.
+
+Tiles are scored as Prefect tasks mapped over tile batches; with a Dask task runner each batch
+runs in a Dask worker process, so a raster is scored on all cores of one machine (LocalCluster)
+or on a ``distributed`` cluster that the user already runs (``address``). Workers get one thread
+each and ``OMP_NUM_THREADS=1`` so that numpy, GDAL and torch do not oversubscribe the cores.
+"""
+
+import os
+from typing import Any
+
+from prefect_dask import DaskTaskRunner
+
+ADDRESS_ENV = "MICROCHANGE_DASK_ADDRESS"
+WORKERS_ENV = "MICROCHANGE_DASK_WORKERS"
+
+_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+               "GDAL_NUM_THREADS": "1", "DASK_LOGGING__DISTRIBUTED": "warning"}
+
+
+def dask_task_runner(address: str | None = None, workers: int | None = None) -> DaskTaskRunner:
+    """A Dask task runner for the detection flow.
+
+    Args:
+        address: Scheduler of an existing ``distributed`` cluster (e.g. ``tcp://host:8786``);
+            default ``$MICROCHANGE_DASK_ADDRESS``; when unset a LocalCluster is started for the run.
+        workers: Worker processes of the LocalCluster (default ``$MICROCHANGE_DASK_WORKERS`` or the
+            number of CPUs); one thread each.
+
+    Returns:
+        The configured :class:`prefect_dask.DaskTaskRunner`.
+    """
+    address = address or os.environ.get(ADDRESS_ENV) or None
+    if address:
+        return DaskTaskRunner(address=address)
+    n = workers or int(os.environ.get(WORKERS_ENV, "0")) or (os.cpu_count() or 1)
+    cluster_kwargs: dict[str, Any] = {
+        "n_workers": n,
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": None,
+        "env": _WORKER_ENV,
+    }
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs)
