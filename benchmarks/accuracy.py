@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import time
 import warnings
@@ -21,15 +22,29 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.datasets import list_pairs, shared_data_root  # noqa: E402
 from microchange.config import DetectConfig  # noqa: E402
-from microchange.evaluation import evaluate_mask  # noqa: E402
+from microchange.evaluation import evaluate_run  # noqa: E402
 from microchange.pipeline import run_detection  # noqa: E402
 
-COLUMNS = ("dataset", "family", "method", "precision", "recall", "f1", "kappa", "iou", "seconds")
+COLUMNS = ("dataset", "family", "method", "precision", "recall", "f1", "kappa", "iou", "pr_auc",
+           "seconds")
+
+
+def _stamp() -> str:
+    """Today's date and the current git commit (when run from a clone)."""
+    import datetime
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                                capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return f"{datetime.date.today().isoformat()}, commit {commit}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="cva",
+    parser.add_argument("--methods", default="cva,pca-kmeans,learned,backbone",
                         help="comma-separated method names, optionally METHOD+SCORER "
                              "(e.g. cva,cva+mahalanobis,backbone+density)")
     parser.add_argument("--threshold", default=None,
@@ -65,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = cfg.model_copy(update={"preprocess": pre})
             run_detection(pair.before, pair.after, out, cfg)
             seconds = time.perf_counter() - t0
-            m = evaluate_mask(out / "change_mask.tif", pair.truth, **pair.truth_kwargs())
+            m = evaluate_run(out, pair.truth, **pair.truth_kwargs())
             rows.append({"dataset": pair.name, "family": pair.family, "method": method,
-                         **{k: m[k] for k in ("precision", "recall", "f1", "kappa", "iou")},
+                         **{k: m[k] for k in ("precision", "recall", "f1", "kappa", "iou", "pr_auc")},
                          "seconds": seconds})
             r = rows[-1]
             print(f"{r['dataset']:28s} {method:10s} F1 {r['f1']:.3f} kappa {r['kappa']:.3f} "
@@ -84,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 f1 = sum(r["f1"] for r in sel) / len(sel)
                 ka = sum(r["kappa"] for r in sel) / len(sel)
                 lines.append(f"| {fam} | {method} | {f1:.3f} | {ka:.3f} |")
+    lines.insert(0, f"Generated {_stamp()} on {os.cpu_count()} CPU cores by "
+                    f"`python benchmarks/accuracy.py --methods {args.methods}`\n")
     table = "\n".join(lines)
     print(table)
     work.mkdir(parents=True, exist_ok=True)
