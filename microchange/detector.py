@@ -47,7 +47,7 @@ class Detector:
         extractor: FeatureExtractor,
         scorer: Scorer,
         *,
-        default_threshold: str = "otsu",
+        default_threshold: str = "auto",
     ) -> None:
         self.method = method
         self.default_threshold = default_threshold
@@ -172,7 +172,7 @@ def _learned(config: DetectConfig) -> Detector:
     from microchange.features.learned import learned_extractor  # torch only for this method
 
     return Detector("learned", config.resolved_preprocess(), learned_extractor(config),
-                    CvaScorer())
+                    CvaScorer(), default_threshold="otsu")  # measured: best with these scores
 
 
 METHODS: dict[str, Callable[[DetectConfig], Detector]] = {
@@ -189,9 +189,9 @@ def _scorer_factories() -> dict[str, Callable[[DetectConfig], tuple[Scorer, str]
     from microchange.scoring.distance import MahalanobisScorer
 
     return {
-        "distance": lambda c: (CvaScorer(), "otsu"),
-        "mahalanobis": lambda c: (MahalanobisScorer(seed=c.seed), "otsu"),
-        "density": lambda c: (DensityScorer(seed=c.seed), "otsu"),
+        "distance": lambda c: (CvaScorer(), "auto"),
+        "mahalanobis": lambda c: (MahalanobisScorer(seed=c.seed), "auto"),
+        "density": lambda c: (DensityScorer(seed=c.seed), "auto"),
         "cluster": lambda c: (PcaKMeansScorer(seed=c.seed), "value:0"),
     }
 

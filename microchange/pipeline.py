@@ -283,7 +283,7 @@ def fit_detection(plan_path: PathLike) -> str:
     q = np.quantile(scores, [0.5, 0.9, 0.99, 0.999]) if scores.size else [math.nan] * 4
     write_json_atomic(plan.staging / "fit.json", {
         "threshold": {"method": threshold.method, "value": threshold.value,
-                      "n_sample": threshold.n_sample},
+                      "n_sample": threshold.n_sample, "detail": threshold.detail},
         "sample": {"blocks": len(blocks), "pixels": int(scores.size),
                    "score_quantiles": dict(zip(["p50", "p90", "p99", "p99.9"],
                                                [float(v) for v in q], strict=True))},

@@ -52,7 +52,8 @@ def test_config_file_and_sensor(planted_pair, tmp_path) -> None:
     assert code == 0
     run = json.loads((tmp_path / "o" / "run.json").read_text())
     assert run["parameters"]["tile_size"] == 96 and run["parameters"]["sensor"] == "sar"
-    assert run["threshold"] == {"method": "value", "value": 3.0, "n_sample": 150 * 170}
+    assert run["threshold"] == {"method": "value", "value": 3.0, "n_sample": 150 * 170,
+                                "detail": None}
 
 
 def test_python_m_help() -> None:

@@ -16,22 +16,28 @@ What :class:`BackboneFeatures` does, in order:
    as is (in the input's band order); otherwise it is replaced by an N-band convolution whose
    filter for every band is the mean of the RGB filters scaled by 3/N: a scene that looks the same
    in every band then gives the first layer the response the 3-band network gives a grey image.
-3. **Layers.** The network is cut after the deepest chosen layer; each chosen layer's maps are
-   standardised per feature (mean/std fitted on the global sample, both dates pooled), optionally
-   projected onto the ``n_features`` principal axes of the sample's change vectors, bilinearly
-   upsampled to pixel resolution and combined. Standardisation and projection are linear, so they
-   are applied at each layer's own resolution before upsampling (cheaper, identical result).
+3. **Layers.** The network is cut after the deepest chosen layer (eval mode, BatchNorm folded
+   into the convolutions). Each chosen layer's maps are standardised per feature (mean/std fitted
+   on the global sample, both dates pooled, on pixel-resolution values) and, by default, projected
+   onto the ``n_features`` principal axes of the sample's standardised change vectors (the axes
+   that keep most of the squared CVA norm; this bounds memory: the detector holds the features of
+   every sample block while fitting). Both steps are linear, so they run as one 1x1 convolution at
+   each layer's own resolution; the projected layers are then upsampled bilinearly and summed
+   coarse to fine, and the sum is upsampled to pixel resolution. With ``n_features=None`` every
+   standardised feature is kept: each layer is upsampled and they are concatenated.
 4. **Tile-size invariance.** ``halo`` covers the receptive field of the deepest layer plus one
-   stride for the bilinear upsampling, rounded up to a multiple of the total stride S. Every block is
-   padded at its start so that the network input begins on a raster row/column that is a multiple
-   of S (this needs tile offsets that are multiples of S: the tile size must be one), and at its end
-   to a multiple of S. Networks run in eval mode (no batch statistics).
+   stride for the bilinear upsampling, rounded up to a multiple of the total stride S. Every
+   block is padded at its start so that the network input begins on a raster row/column that is
+   a multiple of S (this needs tile offsets that are multiples of S: the tile size must be one),
+   and at its end to a multiple of S.
 
-On the CPU everything runs in float32 (no autocast): the convolution kernels (oneDNN included)
-compute each output element in the same order whatever the block shape and batch, so scores are
-byte-identical for any tile size and batch (tests/microchange/test_backbone.py checks it). On
-CUDA the network runs under bf16 (or fp16) autocast; results are close but not bit-exact. Network weights are never fitted: they come from the
-``weights`` file or, with ``weights=None``, from ``torch.manual_seed(seed)``.
+Determinism: on the CPU everything runs in float32 (no autocast). The convolutions (oneDNN) give
+the same values for a pixel whatever the block shape and batch; ``F.interpolate`` does not (its
+vectorised loop rounds some outputs differently, ~5e-7, depending on the width), so upsampling is
+done with plain multiplies and adds (:func:`_upsample`). Scores are byte-identical for any tile
+size and batch (tests/microchange/test_backbone.py). On CUDA the network runs under bf16 (fp16
+without bf16) autocast: close to, not bit-equal with, the CPU. Network weights are never fitted:
+they come from the ``weights`` file or, with ``weights=None``, from ``torch.manual_seed(seed)``.
 """
 
 from __future__ import annotations
@@ -303,30 +309,63 @@ def _layer_width(trunk: _Trunk, layer: str) -> int:
 
 
 def _upsample_axis(y: torch.Tensor, scale: int, dim: int) -> torch.Tensor:
-    """Bilinear (align_corners=False) x``scale`` along one axis, as separate exact ops.
+    """Bilinear (align_corners=False) x``scale`` along one axis, as exact elementwise ops.
 
-    ``F.interpolate`` computes an output pixel slightly differently depending on where it falls
-    in the vectorised loop (so on the block's shape); here every output is ``a * w0 + b * w1``
-    with the same weights for the same phase, whatever the shape: tiles agree bit for bit.
+    ``F.interpolate`` rounds an output pixel slightly differently depending on where it falls
+    in its vectorised loop, i.e. on the block's shape. Here output ``scale * j + q`` is
+    ``y[j + d0] * (1 - lam) + y[j + d0 + 1] * lam`` with ``d0``, ``lam`` fixed per phase ``q``: a
+    multiply and an add, each exactly rounded, so every tile computes the same bits (edges
+    repeat the border value, as ``interpolate`` clamps).
     """
     n = y.shape[dim]
-    src = (np.arange(n * scale) + 0.5) / scale - 0.5
-    src = np.clip(src, 0.0, None)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n - 1)
-    i1 = np.minimum(i0 + 1, n - 1)
-    lam = (src - i0).astype(np.float32)
-    shape = [1] * y.ndim
+    padded = torch.cat([y.narrow(dim, 0, 1), y, y.narrow(dim, n - 1, 1)], dim=dim)
+    shape = list(y.shape)
+    shape.insert(dim + 1, scale)
+    out = torch.empty(shape, dtype=y.dtype, device=y.device)
+    for q in range(scale):
+        src = (q + 0.5) / scale - 0.5
+        d0 = math.floor(src)
+        lam = src - d0
+        phase = out.select(dim + 1, q)
+        torch.mul(padded.narrow(dim, 1 + d0, n), 1.0 - lam, out=phase)
+        phase.add_(padded.narrow(dim, 2 + d0, n) * lam)
+    shape = list(y.shape)
     shape[dim] = n * scale
-    w1 = torch.from_numpy(lam).to(y.device, y.dtype).reshape(shape)
-    w0 = torch.from_numpy(1.0 - lam).to(y.device, y.dtype).reshape(shape)
-    a = y.index_select(dim, torch.from_numpy(i0).to(y.device)).mul_(w0)
-    b = y.index_select(dim, torch.from_numpy(i1).to(y.device)).mul_(w1)
-    return a.add_(b)
+    return out.view(shape)
 
 
 def _upsample(y: torch.Tensor, scale: int) -> torch.Tensor:
     """(B, C, h, w) -> (B, C, h * scale, w * scale), bilinear, identical for any crop."""
-    return _upsample_axis(_upsample_axis(y, scale, 2), scale, 3)
+    if scale == 1:
+        return y
+    return _upsample_axis(_upsample_axis(y, scale, 3), scale, 2)
+
+
+def _sample_bilinear(fmap: torch.Tensor, rows: NDArray[np.int64], cols: NDArray[np.int64],
+                     scale: int) -> torch.Tensor:
+    """Bilinear values of (B, C, h, w) maps at pixel (rows, cols) of the x``scale`` grid: (B, C, k).
+
+    The same interpolation as :func:`_upsample`, evaluated only where the fit samples pixels.
+    """
+    h, w = fmap.shape[-2:]
+
+    def axis(p: NDArray[np.int64], n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        src = np.clip((p + 0.5) / scale - 0.5, 0.0, None)
+        i0 = np.minimum(np.floor(src).astype(np.int64), n - 1)
+        i1 = np.minimum(i0 + 1, n - 1)
+        lam = torch.from_numpy(src - i0).to(fmap.device, fmap.dtype)
+        return torch.from_numpy(i0).to(fmap.device), torch.from_numpy(i1).to(fmap.device), lam
+
+    r0, r1, lr = axis(rows, h)
+    c0, c1, lc = axis(cols, w)
+    flat = fmap.flatten(2)
+
+    def at(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return flat[:, :, r * w + c]
+
+    top = at(r0, c0) * (1 - lc) + at(r0, c1) * lc
+    bottom = at(r1, c0) * (1 - lc) + at(r1, c1) * lc
+    return top * (1 - lr) + bottom * lr
 
 
 # -- extractor -------------------------------------------------------------------------------
@@ -369,7 +408,9 @@ class BackboneFeatures:
         fit_pixels: int = 200_000,
     ) -> None:
         if backbone not in BACKBONES:
-            raise ConfigError(f"unknown backbone {backbone!r}: choose one of {', '.join(BACKBONES)}")
+            raise ConfigError(
+                f"unknown backbone {backbone!r}: choose one of {', '.join(BACKBONES)}"
+            )
         allowed = tuple(_VGG_STAGES) if backbone == "vgg16" else _RESNET_LAYERS
         chosen = tuple(layers) if layers else DEFAULT_LAYERS[backbone]
         bad = [name for name in chosen if name not in allowed]
@@ -378,7 +419,8 @@ class BackboneFeatures:
                 f"invalid layers {chosen!r} for {backbone}: choose distinct names among "
                 f"{', '.join(allowed)}"
             )
-        if (batch_size is not None and batch_size < 1) or (n_features is not None and n_features < 1) or fit_pixels < 1000:
+        if ((batch_size is not None and batch_size < 1)
+                or (n_features is not None and n_features < 1) or fit_pixels < 1000):
             raise ConfigError(
                 f"batch_size={batch_size!r}, n_features={n_features!r}, fit_pixels="
                 f"{fit_pixels!r}: need batch_size >= 1, n_features >= 1 or None, "
@@ -418,7 +460,7 @@ class BackboneFeatures:
 
     @property
     def halo(self) -> int:
-        """Receptive-field radius of the deepest layer + one stride, a multiple of :attr:`stride`."""
+        """Receptive-field radius of the deepest layer + one stride (a multiple of the stride)."""
         return self._halo
 
     # -- network -----------------------------------------------------------------------------
@@ -439,7 +481,8 @@ class BackboneFeatures:
         trunk.adapt_input(n_bands)
         trunk.eval().requires_grad_(False)
         trunk.fuse_batchnorm()
-        return trunk.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload,no-any-return]
+        trunk.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+        return trunk
 
     def _ensure_bands(self, n_bands: int) -> _Trunk:
         if self._trunk is None or self._trunk.first_conv().in_channels != n_bands:
@@ -484,34 +527,32 @@ class BackboneFeatures:
         t = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
         return t, lead
 
-    def _layer_maps(self, x: torch.Tensor, *, raw: bool = False) -> list[torch.Tensor]:
-        """Per layer: maps (raw, or through the fitted head) bilinearly upsampled to x's size."""
-        size = x.shape[-2:]
-        out = []
-        for i, fmap in enumerate(self._ensure_bands(int(x.shape[1]))(x)):
-            y = fmap.contiguous()  # NCHW at layer resolution: cheap, and the output follows
-            if not raw:
-                weight, bias = self._head[i]
-                if weight.ndim == 1:  # no projection: per-feature scale and shift
-                    assert bias is not None
-                    y = y * weight[:, None, None].to(y.dtype) + bias[:, None, None].to(y.dtype)
-                else:
-                    y = nnf.conv2d(y, weight.to(y.dtype),
-                                   None if bias is None else bias.to(y.dtype))
-            if y.shape[-2:] != size:
-                y = _upsample(y, size[0] // y.shape[-2])
-            out.append(y)
-        return out
-
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        """Network + per-layer head, upsampled and combined: (2B, K, H', W')."""
-        parts = self._layer_maps(x)
+        """Network, per-layer head, upsampling: (2B, K, H', W') features of a prepared batch.
+
+        With a projection the layers are summed coarse to fine: the deepest layer's projected
+        maps are upsampled to the next layer's resolution and added to its projected maps, and
+        so on, and only the sum is upsampled to pixel resolution (one full-resolution pass
+        instead of one per layer). Without one, each layer is upsampled and concatenated.
+        """
+        size = x.shape[-2]
+        maps = self._ensure_bands(int(x.shape[1]))(x)
+        heads = []
+        for fmap, (weight, bias) in zip(maps, self._head, strict=True):
+            y = fmap.contiguous()  # NCHW at layer resolution: cheap, and the output follows
+            if weight.ndim == 1:  # no projection: per-feature scale and shift
+                assert bias is not None
+                y = y * weight[:, None, None].to(y.dtype) + bias[:, None, None].to(y.dtype)
+            else:
+                y = nnf.conv2d(y, weight.to(y.dtype), None if bias is None else bias.to(y.dtype))
+            heads.append(y)
         if self._proj is None:
-            return torch.cat(parts, dim=1)
-        total = parts[0]
-        for part in parts[1:]:
-            total = total.add_(part)
-        return total
+            return torch.cat([_upsample(y, size // y.shape[-2]) for y in heads], dim=1)
+        heads.sort(key=lambda t: t.shape[-2])  # coarse to fine (deterministic: distinct sizes)
+        total = heads[0]
+        for y in heads[1:]:
+            total = _upsample(total, y.shape[-2] // total.shape[-2]).add_(y)
+        return _upsample(total, size // total.shape[-2])
 
     def _features(self, blocks: Sequence[FeatureSample]) -> list[NDArray[np.float32]]:
         """(2, F, H, W) float32 features (before, after) of same-shape, same-halo blocks."""
@@ -542,7 +583,8 @@ class BackboneFeatures:
         """
         trunk = self._ensure_bands(int(x.shape[1]))
         with self._compute():
-            return trunk(x.contiguous(memory_format=torch.channels_last))  # type: ignore[no-any-return]
+            maps: list[torch.Tensor] = trunk(x.contiguous(memory_format=torch.channels_last))
+        return maps
 
     # -- fit / extract -----------------------------------------------------------------------
     def fit(self, samples: Sequence[FeatureSample]) -> None:
@@ -558,8 +600,10 @@ class BackboneFeatures:
         """
         short = [s.halo for s in samples if s.halo < self.halo]
         if short:
-            raise ConfigError(f"sample blocks have halo {short[0]} < {self.halo} needed by "
-                              f"{self.backbone} {self.layers}: read blocks with halo >= {self.halo}")
+            raise ConfigError(
+                f"sample blocks have halo {short[0]} < {self.halo} needed by {self.backbone} "
+                f"{self.layers}: read blocks with halo >= {self.halo}"
+            )
         if not samples:
             raise ValueError("no sample block to fit the backbone features on")
         cores = [crop_core(s.valid, s.halo) for s in samples]
@@ -591,12 +635,13 @@ class BackboneFeatures:
                 pix = np.sort(rng.choice(pix, size=k, replace=False))
             x, lead = self._inputs([block])
             width = cores[i].shape[1]
-            flat = ((pix // width + block.halo + lead) * x.shape[-1]
-                    + pix % width + block.halo + lead)
+            rows = pix // width + block.halo + lead
+            cols = pix % width + block.halo + lead
             with self._compute():
-                index = torch.from_numpy(flat).to(self.device)
-                picked = torch.cat([y.flatten(2)[:, :, index] for y in self._layer_maps(
-                    x, raw=True)], dim=1).double().cpu()  # (2, F, k)
+                maps = self._ensure_bands(self._n_bands)(x)
+                picked = torch.cat(
+                    [_sample_bilinear(m.double(), rows, cols, x.shape[-2] // m.shape[-2])
+                     for m in maps], dim=1).cpu()  # (2, F, k)
             fb.append(picked[0].T)
             fa.append(picked[1].T)
         xb, xa = torch.cat(fb), torch.cat(fa)  # (n, F) float64

@@ -12,6 +12,11 @@ Specs accepted by ``--threshold``:
   (change-vector magnitudes), a Gaussian with median and MAD otherwise; the threshold is its upper
   ``X`` quantile. ``fpr:0.001`` means "about one false alarm per 1000 unchanged pixels".
 * ``value:X``: a fixed score threshold.
+* ``auto``: Otsu, checked against the no-change null model of ``fpr``: when the share of the
+  sample above the Otsu threshold is less than 1.5 times what the null model alone predicts, the
+  histogram has no second mode and Otsu is splitting noise (the classic failure on pairs with
+  little or no change); the threshold is then the null model's ``fpr:0.0001`` bound. The choice
+  and both numbers are recorded in ``run.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,6 +34,7 @@ from microchange.errors import ConfigError
 __all__ = (
     "THRESHOLDS",
     "THRESHOLD_PATTERN",
+    "auto_threshold",
     "Threshold",
     "fit_threshold",
     "fpr_threshold",
@@ -36,9 +43,15 @@ __all__ = (
     "otsu_threshold",
 )
 
-THRESHOLDS = ("otsu", "kittler-illingworth", "kmeans", "fpr:X", "value:X")
+THRESHOLDS = ("auto", "otsu", "kittler-illingworth", "kmeans", "fpr:X", "value:X")
 _NUMBER = r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?"
-THRESHOLD_PATTERN = re.compile(rf"^(otsu|kittler-illingworth|kmeans|fpr:{_NUMBER}|value:{_NUMBER})$")
+THRESHOLD_PATTERN = re.compile(
+    rf"^(auto|otsu|kittler-illingworth|kmeans|fpr:{_NUMBER}|value:{_NUMBER})$"
+)
+AUTO_EVIDENCE = 1.5
+"""``auto`` keeps Otsu when the sample above it is at least this many times the null's share."""
+AUTO_FPR = 1e-4
+"""False-alarm rate of the null-model bound that ``auto`` falls back to."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,7 @@ class Threshold:
     method: str
     value: float
     n_sample: int
+    detail: dict[str, Any] | None = None
 
 
 def _finite(values: NDArray[np.floating]) -> NDArray[np.float64]:
@@ -165,7 +179,7 @@ def kmeans_threshold(values: NDArray[np.floating], *, max_iter: int = 100) -> fl
     return float((c0 + c1) / 2)
 
 
-def _gamma_null_threshold(v: NDArray[np.float64], fpr: float) -> float | None:
+def _gamma_null(v: NDArray[np.float64]) -> tuple[float, float] | None:
     """Upper ``fpr`` quantile of a Gamma law fitted to the squared scores by their quartiles.
 
     A change-vector magnitude of no-change pixels is a scaled chi: its square is Gamma-distributed
@@ -189,8 +203,21 @@ def _gamma_null_threshold(v: NDArray[np.float64], fpr: float) -> float | None:
     if _gap(lo) * _gap(hi) > 0:
         return None
     shape = math.exp(brentq(_gap, lo, hi, xtol=1e-6))
-    scale = q50 / float(gamma.median(shape))
-    return math.sqrt(float(gamma.isf(fpr, shape, scale=scale)))
+    return shape, float(q50 / float(gamma.median(shape)))
+
+
+def _null_survival(v: NDArray[np.float64], t: float) -> float | None:
+    """Share of no-change scores above ``t`` under the fitted null (None if it cannot be fitted)."""
+    from scipy.stats import gamma, norm
+
+    if v.min() >= 0:
+        fit = _gamma_null(v)
+        if fit is None:
+            return None
+        return float(gamma.sf(t * t, fit[0], scale=fit[1]))
+    med = float(np.median(v))
+    mad = float(np.median(np.abs(v - med))) * 1.4826
+    return float(norm.sf((t - med) / mad)) if mad > 0 else None
 
 
 def fpr_threshold(values: NDArray[np.floating], fpr: float) -> float:
@@ -217,12 +244,38 @@ def fpr_threshold(values: NDArray[np.floating], fpr: float) -> float:
 
     v = _finite(values)
     if v.min() >= 0:
-        t = _gamma_null_threshold(v, fpr)
-        if t is not None:
-            return t
+        fit = _gamma_null(v)
+        if fit is not None:
+            from scipy.stats import gamma
+
+            return math.sqrt(float(gamma.isf(fpr, fit[0], scale=fit[1])))
     med = float(np.median(v))
     mad = float(np.median(np.abs(v - med))) * 1.4826
     return med + float(norm.isf(fpr)) * mad
+
+
+def auto_threshold(values: NDArray[np.floating]) -> tuple[float, dict[str, Any]]:
+    """Otsu when the sample shows evidence of change beyond the null model, else the null bound.
+
+    Args:
+        values: 1-D scores; non-finite values are ignored.
+
+    Returns:
+        (threshold, detail) where detail records Otsu's value, the observed and null shares above
+        it, and which rule was used.
+    """
+    v = _finite(values)
+    otsu = otsu_threshold(v)
+    observed = float((v > otsu).mean())
+    null = _null_survival(v, otsu)
+    detail: dict[str, Any] = {"otsu": otsu, "share_above_otsu": observed,
+                              "null_share_above_otsu": null}
+    if null is None or observed >= AUTO_EVIDENCE * null:
+        detail["rule"] = "otsu"
+        return otsu, detail
+    value = fpr_threshold(v, AUTO_FPR)
+    detail["rule"] = f"fpr:{AUTO_FPR:g} (no evidence of change above Otsu)"
+    return max(value, otsu), detail
 
 
 def fit_threshold(spec: str, scores: NDArray[np.floating]) -> Threshold:
@@ -242,6 +295,9 @@ def fit_threshold(spec: str, scores: NDArray[np.floating]) -> Threshold:
     if not THRESHOLD_PATTERN.match(spec):
         raise ConfigError(f"unknown threshold {spec!r}: use one of {', '.join(THRESHOLDS)}")
     n = int(np.isfinite(scores).sum())
+    if spec == "auto":
+        value, detail = auto_threshold(scores)
+        return Threshold("auto", value, n, detail)
     if spec == "otsu":
         return Threshold("otsu", otsu_threshold(scores), n)
     if spec == "kittler-illingworth":

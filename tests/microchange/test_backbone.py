@@ -1,4 +1,4 @@
-"""The 'backbone' method: deep CVA on a torchvision CNN (random or local weights, never downloaded)."""
+"""The 'backbone' method: deep CVA on a torchvision CNN (random or local weights, no download)."""
 
 import subprocess
 import sys
@@ -93,10 +93,11 @@ def test_any_band_count(bands: int) -> None:
     assert np.isfinite(out.before).all() and out.before.shape[1:] == block.valid.shape
 
 
-@pytest.mark.parametrize("backbone", ["vgg16", "resnet50"])
-def test_block_features_do_not_depend_on_the_tiling(backbone: str) -> None:
-    ext = BackboneFeatures(backbone, ("stage1", "stage2") if backbone == "vgg16" else ("conv1",),
-                           device="cpu", n_features=4)
+@pytest.mark.parametrize(("backbone", "layers"), [
+    ("resnet18", None), ("vgg16", ("stage1", "stage2")), ("resnet50", ("conv1",))])
+def test_block_features_do_not_depend_on_the_tiling(backbone: str, layers) -> None:
+    # block offsets below are multiples of 8, the largest stride used here
+    ext = BackboneFeatures(backbone, layers, device="cpu", n_features=4)
     halo = ext.halo + 3  # e.g. a smoothing halo before the extractor: blocks start off-stride
     rng = np.random.default_rng(1)
     raster = rng.normal(size=(2, 3, 48 + 2 * halo + 16, 48 + 2 * halo + 16)).astype(np.float32)
@@ -235,13 +236,14 @@ def _read(path: Path) -> np.ndarray:
         return src.read(1)
 
 
-def test_pipeline_tile_size_invariant_deterministic_and_finds_changes(planted_pair,
-                                                                       tmp_path: Path) -> None:
+@pytest.mark.parametrize("layers", [LIGHT, pytest.param(None, marks=pytest.mark.slow)])
+def test_pipeline_tile_size_invariant_deterministic_and_finds_changes(planted_pair, tmp_path: Path,
+                                                                       layers) -> None:
     before, after, truth = planted_pair  # 150 x 170: not a multiple of any tile size below
     scores, masks, raw = {}, {}, {}
     for name, tile in (("t64", 64), ("t64-again", 64), ("whole", 256)):
         cfg = DetectConfig(method="backbone", tile_size=tile, batch_tiles=3,
-                           deep=DeepConfig(device="cpu"))
+                           deep=DeepConfig(device="cpu", layers=layers))
         out = tmp_path / name
         run_detection(before, after, out, cfg)
         raw[name] = (out / "change_score.tif").read_bytes()

@@ -68,7 +68,7 @@ def test_training_learns_a_nonlinear_radiometric_change_in_seconds() -> None:
     t = ext.training
     assert t["best_loss"] < 0.9 * t["initial_loss"]
     assert t["loss_history"][-1] < t["loss_history"][0]
-    assert t["seconds"] < 30
+    assert t["seconds"] < 60  # ~1 s on 2 idle cores; generous for loaded CI machines
 
 
 def test_train_extractor_summary_and_loss_curve(trained) -> None:

@@ -62,7 +62,8 @@ def test_output_contract(planted_pair, tmp_path) -> None:
     assert geo["version"] == "1.1.0" and geo["columns"]["geometry"]["encoding"] == "WKB"
     assert geo["columns"]["geometry"]["crs"]["id"]["code"] == 32633
     run = json.loads((out / "run.json").read_text())
-    assert run["threshold"]["method"] == "otsu" and run["counts"]["regions"] == 3
+    assert run["threshold"]["method"] == "auto" and run["threshold"]["detail"]["rule"] == "otsu"
+    assert run["counts"]["regions"] == 3
     assert run["inputs"]["before"]["files"][0]["sha256"]
     assert run["parameters"]["tile_size"] == 64
     assert not (out / STAGING_DIR).exists()
