@@ -45,6 +45,9 @@ __all__ = ("Grid", "PairReader", "PathLike", "TileArrays", "open_raster")
 
 PathLike: TypeAlias = str | os.PathLike[str]
 
+GDAL_CACHE_MB = 256
+"""Cap of GDAL's block cache while a :class:`PairReader` reads, in MiB."""
+
 _FORMATS_HINT = "give a GDAL-readable raster (GeoTIFF/COG, ENVI with its .hdr, PNG, BMP, JPEG ...)"
 
 
@@ -307,8 +310,14 @@ class PairReader:
     def read(self, r0: int, r1: int, c0: int, c1: int) -> TileArrays:
         """Read rows r0:r1 and columns c0:c1 of both dates (inside the raster, no halo).
 
-        AFTER is co-registered by ``after_shift`` when one is set.
+        AFTER is co-registered by ``after_shift`` when one is set. GDAL's block cache is capped
+        at :data:`GDAL_CACHE_MB` while reading (its default, 5 % of RAM, would otherwise grow the
+        memory of a run with the raster size).
         """
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            return self._read(r0, r1, c0, c1)
+
+    def _read(self, r0: int, r1: int, c0: int, c1: int) -> TileArrays:
         window = Window(c0, r0, c1 - c0, r1 - r0)
         idx = list(self.bands)
         before = self._before.read(idx, window=window, out_dtype="float32")
