@@ -20,10 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.datasets import list_pairs, shared_data_root  # noqa: E402
-from microchange.config import DetectConfig  # noqa: E402
-from microchange.evaluation import evaluate_run  # noqa: E402
-from microchange.pipeline import run_detection  # noqa: E402
+from benchmarks.datasets import list_pairs, shared_data_root
+from microchange.config import DetectConfig
+from microchange.evaluation import evaluate_run
+from microchange.pipeline import run_detection
 
 COLUMNS = ("dataset", "family", "method", "precision", "recall", "f1", "kappa", "iou", "pr_auc",
            "seconds")

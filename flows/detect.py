@@ -5,9 +5,9 @@ from typing import Any
 
 from prefect import Flow, flow, unmapped
 
+from flows.runners import dask_task_runner
 from microchange.config import DetectConfig
 from microchange.pipeline import discard_run, tile_batches
-from flows.runners import dask_task_runner
 from tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
 
 
@@ -60,8 +60,8 @@ def detect_changes_on_dask(
     Returns:
         The flow, ready to call with the same parameters as :func:`detect_changes`.
     """
-    return detect_changes.with_options(task_runner=dask_task_runner(address, workers))
+    return detect_changes.with_options(task_runner=dask_task_runner(address, workers))  # type: ignore[arg-type]
 
 
-detect_changes_dask = detect_changes.with_options(task_runner=dask_task_runner())
+detect_changes_dask = detect_changes.with_options(task_runner=dask_task_runner())  # type: ignore[arg-type]
 """Entry point for deployments: Dask LocalCluster, or ``$MICROCHANGE_DASK_ADDRESS`` if set."""

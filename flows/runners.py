@@ -9,7 +9,7 @@ each and ``OMP_NUM_THREADS=1`` so that numpy, GDAL and torch do not oversubscrib
 import os
 from typing import Any
 
-from prefect_dask import DaskTaskRunner
+from prefect_dask.task_runners import DaskTaskRunner
 
 ADDRESS_ENV = "MICROCHANGE_DASK_ADDRESS"
 WORKERS_ENV = "MICROCHANGE_DASK_WORKERS"

@@ -323,7 +323,7 @@ def _run(config: DetectConfig, before: str, after: str, out: str, *, use_prefect
         from flows.detect import detect_changes_on_dask  # Prefect and Dask only when asked for
 
         run = detect_changes_on_dask(dask or None, workers)
-        return run(before=before, after=after, out=out, config=config)  # type: ignore[no-any-return]
+        return run(before=before, after=after, out=out, config=config)
     if use_prefect:
         from flows.detect import detect_changes  # Prefect only when asked for
 

@@ -103,7 +103,7 @@ def estimate_shift(
 
 def shift_margin(dy: float, dx: float) -> int:
     """Extra pixels to read around a window to shift it by (dy, dx) with the 4-tap kernel."""
-    return int(math.floor(max(abs(dy), abs(dx)))) + 2
+    return math.floor(max(abs(dy), abs(dx))) + 2
 
 
 def _keys(x: float) -> float:

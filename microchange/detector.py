@@ -165,7 +165,8 @@ def _backbone(config: DetectConfig) -> Detector:
     if config.tile_size % extractor.stride:
         raise ConfigError(f"tile size {config.tile_size} is not a multiple of the backbone's "
                           f"stride {extractor.stride}: use e.g. 512")
-    return Detector("backbone", config.resolved_preprocess(), extractor, CvaScorer())
+    return Detector("backbone", config.resolved_preprocess(), extractor, CvaScorer(),
+                    default_threshold="otsu")  # measured: 'auto' misses most change here
 
 
 def _learned(config: DetectConfig) -> Detector:

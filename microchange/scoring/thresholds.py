@@ -34,8 +34,8 @@ from microchange.errors import ConfigError
 __all__ = (
     "THRESHOLDS",
     "THRESHOLD_PATTERN",
-    "auto_threshold",
     "Threshold",
+    "auto_threshold",
     "fit_threshold",
     "fpr_threshold",
     "kittler_illingworth_threshold",

@@ -22,7 +22,7 @@ def test_local_cluster_and_existing_scheduler(prefect_harness, planted_pair, tmp
 
     from flows.detect import detect_changes_on_dask
 
-    before, after, truth = planted_pair
+    before, after, _ = planted_pair
     config = DetectConfig(tile_size=32)  # 30 tiles -> 8 batches spread over the workers
     run_detection(before, after, tmp_path / "plain", config)
 

@@ -39,15 +39,26 @@ def _fitted(bands: int = 4, **kwargs) -> tuple[BackboneFeatures, FeatureSample]:
 
 def test_geometry_of_default_layers() -> None:
     ext = BackboneFeatures(device="cpu")
-    assert ext.layers == ("layer1", "layer2") and ext.stride == 8
-    # layer2 receptive field 99 px (radius 49) + one stride 8, rounded up to a multiple of 8
-    assert ext.halo == 64
+    assert ext.layers == ("conv1", "layer1") and ext.stride == 4
+    # layer1 receptive field 43 px (radius 21) + one stride 4 (+1.5 centre shift), rounded up
+    assert ext.halo == 28
+    deep = BackboneFeatures(layers=("layer2", "layer1"), device="cpu")
+    assert deep.layers == ("layer1", "layer2") and deep.stride == 8
+    # layer2 receptive field 99 px (radius 49) + one stride 8 (+3.5), rounded up to 8
+    assert deep.halo == 64
     vgg = BackboneFeatures("vgg16", device="cpu")
-    assert vgg.stride == 4 and vgg.halo % 4 == 0 and vgg.halo >= 20 + 4
+    assert vgg.stride == 2 and vgg.halo % 2 == 0 and vgg.halo >= 8 + 2
 
 
 def test_feature_shapes_dtype_and_mask() -> None:
-    ext, block = _fitted(n_features=8)
+    ext, fitted = _fitted(n_features=8)
+    # the fit's own blocks are answered from features computed in the fit: the same values
+    from_fit = ext.extract(fitted)
+    fresh = ext.extract(FeatureSample(fitted.before.copy(), fitted.after.copy(),
+                                      fitted.valid.copy(), fitted.halo))
+    assert np.array_equal(from_fit.before, fresh.before)
+    assert np.array_equal(from_fit.after, fresh.after)
+    block = _block(4, 32, ext.halo, seed=9)
     block.valid[:5, :] = False
     out = ext.extract(block)
     size = block.valid.shape
@@ -55,6 +66,8 @@ def test_feature_shapes_dtype_and_mask() -> None:
     assert out.before.dtype == out.after.dtype == np.float32
     assert np.isfinite(out.before).all()
     assert (out.before[:, :5] == 0).all() and (out.after[:, :5] == 0).all()
+    # the outer halo ring (receptive field outside the block) is not computed: 0
+    assert (out.before[:, :, -ext.halo:] == 0).all() and (out.after[:, -ext.halo:] == 0).all()
     assert out.halo == block.halo and out.valid is block.valid
     # standardised features: ~zero mean, unit scale on the core
     core = out.before[:, block.halo:-block.halo, block.halo:-block.halo]
@@ -207,7 +220,8 @@ def test_bad_options() -> None:
         BackboneFeatures("alexnet", device="cpu")
     with pytest.raises(ConfigError, match=r"tile size 100 is not a multiple of the backbone's "
                                           r"stride 8: use e\.g\. 512"):
-        build_detector(DetectConfig(method="backbone", tile_size=100))
+        build_detector(DetectConfig(method="backbone", tile_size=100,
+                                    deep=DeepConfig(layers=("layer2",))))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")

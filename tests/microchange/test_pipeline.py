@@ -123,7 +123,7 @@ def test_failed_run_keeps_earlier_outputs_and_leaves_no_partial_file(
 
 def test_unknown_method_fails_before_any_output(planted_pair, tmp_path) -> None:
     before, after, _ = planted_pair
-    with pytest.raises(UnknownMethodError, match="unknown method 'magic': choose one of .*cva"):
+    with pytest.raises(UnknownMethodError, match=r"unknown method 'magic': choose one of .*cva"):
         run_detection(before, after, tmp_path / "out", DetectConfig(method="magic"))
     assert not (tmp_path / "out").exists()
 

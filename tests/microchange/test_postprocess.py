@@ -59,7 +59,7 @@ def test_min_region_m2_needs_a_crs(make_geotiff, tmp_path) -> None:
     data = np.zeros((1, 40, 40), "float32")
     p = make_geotiff(data, name="plain.tif", crs=None)
     cfg = DetectConfig(postprocess=PostprocessConfig(min_region_m2=100))
-    with pytest.raises(InputError, match="min_region_m2=100.0 needs a georeferenced grid"):
+    with pytest.raises(InputError, match=r"min_region_m2=100\.0 needs a georeferenced grid"):
         run_detection(p, p, tmp_path / "o", cfg)
 
 
