@@ -125,8 +125,14 @@ def test_block_features_do_not_depend_on_the_tiling(backbone: str, layers) -> No
     for r, c, h, w in ((0, 0, 24, 24), (24, 0, 24, 24), (0, 24, 24, 24), (24, 24, 20, 12),
                        (16, 8, 16, 28)):
         part = ext.extract(block(r, c, h, w))
-        np.testing.assert_array_equal(part.before[(slice(None), *cut)],
-                                      whole.before[:, halo + r:halo + r + h, halo + c:halo + c + w])
+        got = part.before[(slice(None), *cut)]
+        want = whole.before[:, halo + r:halo + r + h, halo + c:halo + c + w]
+        if backbone == "vgg16":
+            # oneDNN picks vgg16's full-resolution 3x3 kernels by input shape: one float32
+            # rounding step apart (seen: 4e-6 on unit-scale features), not bit-equal
+            np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+        else:
+            np.testing.assert_array_equal(got, want)
 
 
 def test_state_round_trip_without_pickle(tmp_path: Path) -> None:
