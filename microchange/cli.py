@@ -87,14 +87,13 @@ def _config_from_args(args: argparse.Namespace) -> DetectConfig:
         value = getattr(args, key)
         if value is not None:
             base[key] = value
-    if args.smoothing_sigma is not None or args.log_transform is not None:
+    pre_flags = {"smoothing_sigma": args.smoothing_sigma, "log_transform": args.log_transform,
+                 "radiometric": args.radiometric}
+    if any(v is not None for v in pre_flags.values()):
         sensor = base.get("sensor", "optical")
         pre = dict(base.get("preprocess") or DetectConfig(sensor=sensor).resolved_preprocess()
                    .model_dump())
-        if args.smoothing_sigma is not None:
-            pre["smoothing_sigma"] = args.smoothing_sigma
-        if args.log_transform is not None:
-            pre["log_transform"] = args.log_transform
+        pre.update({k: v for k, v in pre_flags.items() if v is not None})
         base["preprocess"] = PreprocessConfig(**pre).model_dump()
     post_flags = {"min_region_px": args.min_region_px, "min_region_m2": args.min_region_m2,
                   "opening_radius": args.opening, "closing_radius": args.closing}
@@ -165,6 +164,9 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
                    help="Gaussian smoothing of both dates in pixels (sensor default)")
     p.add_argument("--log-transform", action=argparse.BooleanOptionalAction, default=None,
                    dest="log_transform", help="work on log values (default: on for sar)")
+    p.add_argument("--radiometric", choices=("none", "linear", "histogram"), default=None,
+                   help="relative radiometric normalisation of AFTER onto BEFORE on invariant "
+                        "pixels (sensor default)")
     p.add_argument("--min-region-px", type=int, dest="min_region_px",
                    help="minimum mapping unit in pixels (default 1: keep micro-changes)")
     p.add_argument("--min-region-m2", type=float, dest="min_region_m2",

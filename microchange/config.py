@@ -58,6 +58,14 @@ class PreprocessConfig(BaseModel):
             "speckle into additive noise and the band difference into the log-ratio."
         ),
     )
+    radiometric: Literal["none", "linear", "histogram"] = Field(
+        "none",
+        description=(
+            "Relative radiometric normalisation of AFTER onto BEFORE, per band, fitted on "
+            "pseudo-invariant pixels of the global sample: 'histogram' (quantile mapping: "
+            "removes gain, offset and gamma), 'linear' (robust gain and offset) or 'none'."
+        ),
+    )
     smoothing_sigma: float = Field(
         0.0,
         ge=0.0,

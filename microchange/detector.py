@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,7 +20,8 @@ from microchange.errors import UnknownMethodError
 from microchange.features.bands import BandFeatures
 from microchange.features.base import FeatureExtractor, FeatureSample
 from microchange.io.rasters import TileArrays
-from microchange.preprocess import preprocess_halo, preprocess_image
+from microchange.preprocess import LogTransform, preprocess_halo, preprocess_image
+from microchange.radiometry import RadiometricNormaliser
 from microchange.scoring.base import Scorer
 from microchange.scoring.distance import CvaScorer
 from microchange.scoring.pca_kmeans import PcaKMeansScorer
@@ -54,6 +56,8 @@ class Detector:
         self.preprocess = preprocess
         self.extractor = extractor
         self.scorer = scorer
+        self.radiometry = RadiometricNormaliser(preprocess.radiometric)
+        self.log = LogTransform(preprocess.log_transform)
 
     @property
     def halo(self) -> int:
@@ -61,15 +65,17 @@ class Detector:
         return preprocess_halo(self.preprocess) + self.extractor.halo + self.scorer.halo
 
     def _prepare(self, tile: TileArrays) -> FeatureSample:
+        after = self.radiometry.apply(tile.after, tile.valid)
+        offset = self.log.offset
         return FeatureSample(
-            preprocess_image(tile.before, tile.valid, self.preprocess),
-            preprocess_image(tile.after, tile.valid, self.preprocess),
+            preprocess_image(tile.before, tile.valid, self.preprocess, log_offset=offset),
+            preprocess_image(after, tile.valid, self.preprocess, log_offset=offset),
             tile.valid,
             tile.halo,
         )
 
     def fit(self, samples: Sequence[TileArrays]) -> NDArray[np.float32]:
-        """Fit the extractor and the scorer on sample blocks from the whole raster.
+        """Fit the radiometric mapping, the extractor and the scorer on sample blocks.
 
         Args:
             samples: Blocks (core + halo of at least :attr:`halo`) spread over the raster.
@@ -77,6 +83,9 @@ class Detector:
         Returns:
             1-D float32 scores of the valid core pixels of all samples (to fit a threshold).
         """
+        self.radiometry.fit([(s.before, s.after, s.valid) for s in samples])
+        self.log.fit([(s.before, self.radiometry.apply(s.after, s.valid), s.valid)
+                      for s in samples])
         prepared = [self._prepare(s) for s in samples]
         self.extractor.fit(prepared)
         features = [self.extractor.extract(p) for p in prepared]
@@ -126,10 +135,14 @@ class Detector:
             out.append(score)
         return out
 
+    def _parts(self) -> tuple[tuple[str, Any], ...]:
+        return (("radiometry", self.radiometry), ("log", self.log), ("extractor", self.extractor),
+                ("scorer", self.scorer))
+
     def save(self, path: str | Path) -> None:
         """Write the fitted state to ``path`` (.npz, no pickle)."""
         arrays: dict[str, NDArray[np.generic]] = {}
-        for prefix, part in (("extractor", self.extractor), ("scorer", self.scorer)):
+        for prefix, part in self._parts():
             for key, value in part.state().items():
                 arrays[f"{prefix}/{key}"] = np.asarray(value)
         meta = {"method": self.method, "preprocess": self.preprocess.model_dump()}
@@ -140,7 +153,7 @@ class Detector:
     def load_state(self, path: str | Path) -> None:
         """Restore the fitted state written by :meth:`save` into this detector."""
         with np.load(path, allow_pickle=False) as data:
-            for prefix, part in (("extractor", self.extractor), ("scorer", self.scorer)):
+            for prefix, part in self._parts():
                 part.load_state(
                     {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(prefix + "/")}
                 )

@@ -1,0 +1,268 @@
+"""Relative radiometric normalisation: map AFTER onto BEFORE's radiometry, band by band.
+
+Illumination, atmosphere, sensor calibration and processing make the same ground look different
+on two dates: a gain and offset per band, often a non-linear (gamma-like) response too. None of it
+is change, but it shifts every pixel and drowns small changes. The mapping is fitted once on the
+global sample (never per tile) on **pseudo-invariant pixels** (PIFs), the pixels that did not
+change, found iteratively:
+
+1. Fit a mapping of each band on every valid sample pixel.
+2. Residuals ``map(after) - before`` of every band, scaled by their robust spread (1.4826 MAD),
+   give each pixel a squared distance ``d2`` summed over the bands; pixels with ``d2`` under the
+   chi-square 99 % quantile (C degrees of freedom) are the PIFs. Real change, rare but large,
+   falls out.
+3. Refit on the PIFs; repeat (``iterations`` times in all).
+
+Mappings (``method``):
+
+``histogram``
+    Quantile mapping on the PIFs: AFTER's quantiles (256 levels) are mapped onto BEFORE's, then
+    linear interpolation between them and linear extrapolation beyond (the slope over the outer
+    5 % of each tail). It inverts any monotone radiometric change: gain, offset, gamma.
+``linear``
+    Robust gain and offset per band: ``gain = IQR(before) / IQR(after)``, ``offset = median(before)
+    - gain * median(after)`` on the PIFs (a two-quantile version of the above, classic PIF
+    regression without the least-squares bias towards zero gain).
+``none``
+    Identity.
+
+The mapping acts on band values as read (before the log transform and the smoothing), one pixel
+at a time: it needs no halo and does not depend on the tiling. Invalid pixels stay 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import stats
+
+__all__ = ("RADIOMETRIC_METHODS", "RadiometricNormaliser")
+
+RADIOMETRIC_METHODS = ("none", "linear", "histogram")
+"""Names accepted by ``PreprocessConfig.radiometric``."""
+
+RadiometricMethod = Literal["none", "linear", "histogram"]
+
+_LEVELS = 256
+_TAIL = 0.05
+_MAX_PIXELS = 1_000_000
+_PIF_QUANTILE = 0.99
+_MAD_SCALE = 1.4826
+
+
+def _pooled(samples: Sequence[tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]],
+            max_pixels: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(C, N) float64 BEFORE and AFTER values of the valid sample pixels, evenly thinned."""
+    bs, as_ = [], []
+    for before, after, valid in samples:
+        bs.append(before[:, valid])
+        as_.append(after[:, valid])
+    b = np.concatenate(bs, axis=1) if bs else np.zeros((0, 0))
+    a = np.concatenate(as_, axis=1) if as_ else np.zeros((0, 0))
+    n = b.shape[1]
+    if n > max_pixels:  # deterministic, spread over every block
+        keep = np.linspace(0, n - 1, max_pixels).round().astype(np.int64)
+        b, a = b[:, keep], a[:, keep]
+    return b.astype(np.float64), a.astype(np.float64)
+
+
+def _quantile_knots(a: NDArray[np.float64], b: NDArray[np.float64]
+                    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Knots (x: AFTER value, y: BEFORE value) of the quantile mapping of one band.
+
+    x is strictly increasing: equal AFTER quantiles (integer data, saturation) are merged and
+    their BEFORE quantiles averaged, which keeps the mapping monotone.
+    """
+    levels = (np.arange(_LEVELS) + 0.5) / _LEVELS
+    qa = np.quantile(a, levels)
+    qb = np.quantile(b, levels)
+    x, inverse = np.unique(qa, return_inverse=True)
+    y = np.bincount(inverse, weights=qb) / np.bincount(inverse)
+    return x, y
+
+
+def _apply_knots(values: NDArray[np.float32], x: NDArray[np.float64],
+                 y: NDArray[np.float64]) -> NDArray[np.float32]:
+    """Piecewise-linear mapping through the knots, extrapolated linearly beyond them."""
+    if len(x) == 1:  # a constant band: shift it onto BEFORE's level
+        return (values + np.float32(y[0] - x[0])).astype(np.float32)
+    out = np.interp(values, x, y).astype(np.float32)
+    k = max(1, min(len(x) - 1, round(_TAIL * len(x))))
+    lo_slope = (y[k] - y[0]) / (x[k] - x[0])
+    hi_slope = (y[-1] - y[-1 - k]) / (x[-1] - x[-1 - k])
+    below = values < x[0]
+    above = values > x[-1]
+    out[below] = (y[0] + lo_slope * (values[below] - x[0])).astype(np.float32)
+    out[above] = (y[-1] + hi_slope * (values[above] - x[-1])).astype(np.float32)
+    return out
+
+
+class RadiometricNormaliser:
+    """Per-band mapping of AFTER's values onto BEFORE's radiometry, fitted on invariant pixels.
+
+    Args:
+        method: 'histogram' (quantile mapping), 'linear' (robust gain and offset) or 'none'.
+        iterations: Fits in all: the first on every valid pixel, each next one on the PIFs
+            selected with the previous mapping; >= 1.
+        max_pixels: Sample pixels used at most (evenly thinned beyond).
+
+    Raises:
+        ValueError: If ``method`` is unknown or ``iterations`` < 1.
+    """
+
+    def __init__(self, method: RadiometricMethod = "histogram", *, iterations: int = 3,
+                 max_pixels: int = _MAX_PIXELS) -> None:
+        if method not in RADIOMETRIC_METHODS:
+            raise ValueError(f"unknown radiometric normalisation {method!r}: use one of "
+                             f"{', '.join(RADIOMETRIC_METHODS)}")
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations!r}")
+        self.method = method
+        self.iterations = iterations
+        self.max_pixels = max_pixels
+        self._x: list[NDArray[np.float64]] = []
+        self._y: list[NDArray[np.float64]] = []
+        self.n_pixels = 0
+        self.n_pif = 0
+
+    @property
+    def fitted(self) -> bool:
+        """True once :meth:`fit` or :meth:`load_state` has set a mapping."""
+        return bool(self._x)
+
+    def _fit_band(self, a: NDArray[np.float64], b: NDArray[np.float64]
+                  ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        if self.method == "histogram":
+            return _quantile_knots(a, b)
+        qa = np.quantile(a, [0.25, 0.5, 0.75])
+        qb = np.quantile(b, [0.25, 0.5, 0.75])
+        gain = (qb[2] - qb[0]) / (qa[2] - qa[0]) if qa[2] > qa[0] else 1.0
+        offset = qb[1] - gain * qa[1]
+        x = np.array([0.0, 1.0])  # two knots: the line y = offset + gain * x
+        return x, offset + gain * x
+
+    def fit(self, samples: Sequence[tuple[NDArray[np.float32], NDArray[np.float32],
+                                          NDArray[np.bool_]]]) -> None:
+        """Fit the mapping on sample blocks spread over the whole raster.
+
+        Args:
+            samples: (before, after, valid) per block: (C, H, W) float32 values as read and the
+                (H, W) bool validity mask.
+        """
+        self._x, self._y = [], []
+        if self.method == "none":
+            return
+        b, a = _pooled(samples, self.max_pixels)
+        n_bands, n = b.shape
+        self.n_pixels = self.n_pif = n
+        if n < 2:
+            return
+        pif = np.ones(n, bool)
+        limit = float(stats.chi2.ppf(_PIF_QUANTILE, df=n_bands))
+        for it in range(self.iterations):
+            knots = [self._fit_band(a[c, pif], b[c, pif]) for c in range(n_bands)]
+            self._x = [k[0] for k in knots]
+            self._y = [k[1] for k in knots]
+            if it == self.iterations - 1:
+                break
+            d2 = np.zeros(n)
+            for c in range(n_bands):
+                r = self._map_band(a[c].astype(np.float32), c).astype(np.float64) - b[c]
+                med = np.median(r[pif])
+                scale = _MAD_SCALE * np.median(np.abs(r[pif] - med))
+                if scale > 0:
+                    d2 += ((r - med) / scale) ** 2
+            new = d2 <= limit
+            if new.sum() < max(2, n // 10):  # too few left to trust: keep the last set
+                break
+            pif = new
+        self.n_pif = int(pif.sum())
+
+    def _map_band(self, values: NDArray[np.float32], band: int) -> NDArray[np.float32]:
+        if self.method == "linear":
+            gain = float(self._y[band][1] - self._y[band][0])
+            return (values * np.float32(gain) + np.float32(self._y[band][0])).astype(np.float32)
+        return _apply_knots(values, self._x[band], self._y[band])
+
+    def apply(self, after: NDArray[np.float32], valid: NDArray[np.bool_]) -> NDArray[np.float32]:
+        """AFTER's values on BEFORE's radiometry.
+
+        Args:
+            after: (C, H, W) float32 AFTER values as read.
+            valid: (H, W) bool validity mask; invalid pixels hold 0 in the result.
+
+        Returns:
+            A new (C, H, W) float32 array (``after`` itself when the method is 'none').
+
+        Raises:
+            ValueError: If the band count differs from the fitted one.
+        """
+        if not self._x:
+            return after
+        if after.shape[0] != len(self._x):
+            raise ValueError(f"radiometric mapping fitted on {len(self._x)} bands, got "
+                             f"{after.shape[0]}: use the same bands for fit and apply")
+        out = np.empty_like(after)
+        for c in range(after.shape[0]):
+            out[c] = self._map_band(after[c], c)
+        out[:, ~valid] = 0.0
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """What was fitted, for run.json: method, pixels, PIFs, per-band gain/offset or knots."""
+        doc: dict[str, Any] = {"method": self.method}
+        if not self._x:
+            return doc
+        doc.update(n_pixels=self.n_pixels, n_pif=self.n_pif,
+                   pif_fraction=round(self.n_pif / self.n_pixels, 4) if self.n_pixels else 0.0)
+        bands: list[dict[str, Any]] = []
+        for x, y in zip(self._x, self._y, strict=True):
+            if self.method == "linear":
+                bands.append({"gain": float(y[1] - y[0]), "offset": float(y[0])})
+            else:  # a few points of the curve: after value -> before value
+                idx = np.linspace(0, len(x) - 1, min(len(x), 9)).round().astype(int)
+                bands.append({"after": [float(v) for v in x[idx]],
+                              "before": [float(v) for v in y[idx]]})
+        doc["bands"] = bands
+        return doc
+
+    def state(self) -> dict[str, NDArray[np.generic]]:
+        """The fitted knots as named arrays (no pickle)."""
+        st: dict[str, NDArray[np.generic]] = {"method": np.array(self.method),
+                                              "counts": np.array([self.n_pixels, self.n_pif])}
+        for c, (x, y) in enumerate(zip(self._x, self._y, strict=True)):
+            st[f"x{c}"] = x
+            st[f"y{c}"] = y
+        return st
+
+    def load_state(self, state: dict[str, NDArray[np.generic]]) -> None:
+        """Restore what :meth:`state` saved.
+
+        Raises:
+            ValueError: If the state was fitted with another method.
+        """
+        if not state:  # a state saved before radiometric normalisation existed
+            self._x, self._y = [], []
+            return
+        method = str(state["method"])
+        if method != self.method:
+            raise ValueError(f"fitted radiometric state is {method!r}, not {self.method!r}: "
+                             "re-run the fit stage")
+        n = sum(1 for k in state if k.startswith("x"))
+        self._x = [np.asarray(state[f"x{c}"], np.float64) for c in range(n)]
+        self._y = [np.asarray(state[f"y{c}"], np.float64) for c in range(n)]
+        counts = np.asarray(state["counts"])
+        self.n_pixels, self.n_pif = int(counts[0]), int(counts[1])
+
+
+def relative_error(mapped: NDArray[np.floating[Any]], reference: NDArray[np.floating[Any]]
+                   ) -> float:
+    """Median of |mapped - reference| / |reference| (a check used by tests and benchmarks)."""
+    ref = np.abs(reference)
+    ok = ref > 0
+    return float(np.median(np.abs(mapped[ok] - reference[ok]) / ref[ok])) if ok.any() \
+        else math.nan

@@ -1,0 +1,131 @@
+"""Relative radiometric normalisation: gain/offset/gamma removed, change kept out of the fit."""
+
+import json
+
+import numpy as np
+import pytest
+
+from microchange.config import DetectConfig, PreprocessConfig
+from microchange.pipeline import run_detection
+from microchange.radiometry import RadiometricNormaliser, relative_error
+
+
+def _pair(seed: int = 0, n_changed: int = 0):
+    rng = np.random.default_rng(seed)
+    before = rng.gamma(4.0, 0.05, (3, 64, 64)).astype(np.float32) + 0.02
+    gain = np.array([1.2, 0.8, 1.1], np.float32)[:, None, None]
+    offset = np.array([0.03, -0.01, 0.05], np.float32)[:, None, None]
+    gamma = np.array([1.0, 1.15, 0.85], np.float32)[:, None, None]
+    after = gain * np.power(before, gamma) + offset
+    truth = np.zeros((64, 64), bool)
+    truth[:, :n_changed] = True
+    after[:, truth] = 1.5  # changed ground: far brighter on every band
+    valid = np.ones((64, 64), bool)
+    return before, after.astype(np.float32), valid, truth
+
+
+@pytest.mark.parametrize("blocks", [1, 4])
+def test_histogram_removes_gain_offset_and_gamma_within_one_percent(blocks) -> None:
+    before, after, valid, _ = _pair()
+    norm = RadiometricNormaliser("histogram")
+    step = 64 // blocks
+    norm.fit([(before[:, i:i + step], after[:, i:i + step], valid[i:i + step])
+              for i in range(0, 64, step)])
+    mapped = norm.apply(after, valid)
+    assert relative_error(after, before) > 0.05  # the nuisance is real
+    assert relative_error(mapped, before) < 0.01
+
+
+def test_changed_pixels_are_not_used_as_invariant_pixels() -> None:
+    before, after, valid, truth = _pair(n_changed=6)  # ~9 % of the pixels changed
+    norm = RadiometricNormaliser("histogram")
+    norm.fit([(before, after, valid)])
+    mapped = norm.apply(after, valid)
+    assert relative_error(mapped[:, ~truth], before[:, ~truth]) < 0.01
+    assert norm.n_pif <= int((~truth).sum())
+    # change survives the mapping: far from BEFORE
+    assert np.abs(mapped[:, truth] - before[:, truth]).mean() > 0.5
+
+
+def test_linear_recovers_gain_and_offset() -> None:
+    rng = np.random.default_rng(3)
+    before = rng.uniform(100, 2000, (2, 50, 50)).astype(np.float32)
+    after = (before * np.array([1.3, 0.7], np.float32)[:, None, None]
+             + np.array([-40.0, 25.0], np.float32)[:, None, None])
+    valid = np.ones((50, 50), bool)
+    valid[:5] = False
+    after[:, :5] = 0.0
+    norm = RadiometricNormaliser("linear")
+    norm.fit([(before, after, valid)])
+    bands = norm.summary()["bands"]
+    assert bands[0]["gain"] == pytest.approx(1 / 1.3, rel=1e-3)
+    assert bands[1]["offset"] == pytest.approx(-25.0 / 0.7, rel=1e-3)
+    mapped = norm.apply(after, valid)
+    assert (mapped[:, :5] == 0).all()
+    np.testing.assert_allclose(mapped[:, valid], before[:, valid], rtol=1e-3)
+
+
+def test_state_round_trip_and_errors() -> None:
+    before, after, valid, _ = _pair(seed=2)
+    norm = RadiometricNormaliser("histogram")
+    norm.fit([(before, after, valid)])
+    other = RadiometricNormaliser("histogram")
+    other.load_state(norm.state())
+    assert np.array_equal(other.apply(after, valid), norm.apply(after, valid))
+    with pytest.raises(ValueError, match="'histogram', not 'linear'"):
+        RadiometricNormaliser("linear").load_state(norm.state())
+    with pytest.raises(ValueError, match="fitted on 3 bands, got 2"):
+        norm.apply(after[:2], valid)
+    with pytest.raises(ValueError, match="unknown radiometric normalisation 'gamma'"):
+        RadiometricNormaliser("gamma")  # type: ignore[arg-type]
+    none = RadiometricNormaliser("none")
+    none.fit([(before, after, valid)])
+    assert none.apply(after, valid) is after and none.summary() == {"method": "none"}
+
+
+def test_extrapolates_beyond_the_sample_range() -> None:
+    before, after, valid, _ = _pair(seed=4)
+    norm = RadiometricNormaliser("histogram")
+    norm.fit([(before, after, valid)])
+    hi = np.full((3, 1, 2), after.max() * 2, np.float32)
+    out = norm.apply(hi, np.ones((1, 2), bool))
+    assert (out > before.max()).all()  # monotone, not clamped
+
+
+def test_run_records_the_mapping_and_quietens_a_nuisance_pair(planted_pair, make_geotiff,
+                                                              tmp_path) -> None:
+    before, after, truth = planted_pair
+    cfg = DetectConfig(preprocess=PreprocessConfig(radiometric="histogram"))
+    s = run_detection(before, after, tmp_path / "o", cfg)
+    doc = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert doc["radiometry"]["method"] == "histogram"
+    assert 0.9 < doc["radiometry"]["pif_fraction"] <= 1.0
+    assert len(doc["radiometry"]["bands"]) == 4
+    assert s["counts"]["changed_px"] >= truth.sum() * 0.8
+
+
+def test_log_offset_follows_the_data_scale() -> None:
+    from microchange.config import PreprocessConfig
+    from microchange.preprocess import LogTransform, preprocess_image
+
+    rng = np.random.default_rng(0)
+    valid = np.ones((32, 32), bool)
+    sigma0 = rng.gamma(4.0, 0.01, (1, 32, 32)).astype(np.float32)  # calibrated, linear power
+    dn = (sigma0 * 10000).round().astype(np.float32)  # digital numbers
+    log = LogTransform(True)
+    log.fit([(dn, dn, valid)])
+    assert log.offset is not None and log.offset.tolist() == [1.0]  # log1p, as for 8/16-bit data
+    log.fit([(sigma0, sigma0, valid)])
+    median = float(np.median(sigma0))
+    assert log.offset[0] == pytest.approx(0.01 * median, rel=1e-5)
+    pre = PreprocessConfig(log_transform=True)
+    out = preprocess_image(sigma0, valid, pre, log_offset=log.offset)
+    # a ratio of 2 is a log difference of ~log 2, whatever the units (log1p would give ~0.01)
+    doubled = preprocess_image(2 * sigma0, valid, pre, log_offset=2 * log.offset)
+    np.testing.assert_allclose(doubled - out, np.log(2), rtol=1e-4)
+    other = LogTransform(True)
+    other.load_state(log.state())
+    assert np.array_equal(other.offset, log.offset)
+    off = LogTransform(False)
+    off.fit([(sigma0, sigma0, valid)])
+    assert off.offset is None and off.state() == {}
