@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="out/bench", help="work/output folder")
     parser.add_argument("--sigma", type=float, default=None,
                         help="override the smoothing sigma of every family (ablation)")
+    parser.add_argument("--radiometric", default=None, choices=("none", "linear", "histogram"),
+                        help="override the radiometric normalisation of every family (ablation)")
     parser.add_argument("--only", default="", help="comma-separated dataset name filter")
     parser.add_argument("--objective", default=None,
                         help="objective of the 'learned' method (default: per sensor family)")
@@ -75,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.objective is not None:
                 cfg = cfg.model_copy(update={"deep": cfg.deep.model_copy(
                     update={"objective": args.objective})})
-            if args.sigma is not None:
-                pre = cfg.resolved_preprocess().model_copy(update={"smoothing_sigma": args.sigma})
+            overrides = {k: v for k, v in (("smoothing_sigma", args.sigma),
+                                           ("radiometric", args.radiometric)) if v is not None}
+            if overrides:
+                pre = cfg.resolved_preprocess().model_copy(update=overrides)
                 cfg = cfg.model_copy(update={"preprocess": pre})
             run_detection(pair.before, pair.after, out, cfg)
             seconds = time.perf_counter() - t0
@@ -99,8 +103,12 @@ def main(argv: list[str] | None = None) -> int:
                 f1 = sum(r["f1"] for r in sel) / len(sel)
                 ka = sum(r["kappa"] for r in sel) / len(sel)
                 lines.append(f"| {fam} | {method} | {f1:.3f} | {ka:.3f} |")
+    flags = "".join(f" --{k} {v}" for k, v in (("threshold", args.threshold),
+                                              ("sigma", args.sigma),
+                                              ("radiometric", args.radiometric),
+                                              ("only", args.only or None)) if v is not None)
     lines.insert(0, f"Generated {_stamp()} on {os.cpu_count()} CPU cores by "
-                    f"`python benchmarks/accuracy.py --methods {args.methods}`\n")
+                    f"`python benchmarks/accuracy.py --methods {args.methods}{flags}`\n")
     table = "\n".join(lines)
     print(table)
     work.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ def test_flow_and_cli_give_identical_outputs(prefect_harness, planted_pair, tmp_
                              config=config)
     assert summary["counts"]["changed_px"] == truth.sum()
     code = main(["detect", str(before), str(after), "--out", str(tmp_path / "cli"),
-                 "--tile-size", "64", "--smoothing-sigma", "0", "-q"])
+                 "--tile-size", "64", "--smoothing-sigma", "0", "--radiometric", "none", "-q"])
     assert code == 0
     fm, fs, fmp, fsp = _arrays(tmp_path / "flow")
     cm, cs, cmp_, csp = _arrays(tmp_path / "cli")
