@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="override the smoothing sigma of every family (ablation)")
     parser.add_argument("--radiometric", default=None, choices=("none", "linear", "histogram"),
                         help="override the radiometric normalisation of every family (ablation)")
+    parser.add_argument("--no-preprocess", action="store_true",
+                        help="switch every preprocessing step off: co-registration, radiometric "
+                             "normalisation, log transform, smoothing (ablation baseline)")
     parser.add_argument("--only", default="", help="comma-separated dataset name filter")
     parser.add_argument("--objective", default=None,
                         help="objective of the 'learned' method (default: per sensor family)")
@@ -79,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                     update={"objective": args.objective})})
             overrides = {k: v for k, v in (("smoothing_sigma", args.sigma),
                                            ("radiometric", args.radiometric)) if v is not None}
+            if args.no_preprocess:
+                overrides = {"coregister": False, "radiometric": "none", "log_transform": False,
+                             "smoothing_sigma": 0.0, **overrides}
             if overrides:
                 pre = cfg.resolved_preprocess().model_copy(update=overrides)
                 cfg = cfg.model_copy(update={"preprocess": pre})
@@ -107,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                                               ("sigma", args.sigma),
                                               ("radiometric", args.radiometric),
                                               ("only", args.only or None)) if v is not None)
+    flags += " --no-preprocess" if args.no_preprocess else ""
     lines.insert(0, f"Generated {_stamp()} on {os.cpu_count()} CPU cores by "
                     f"`python benchmarks/accuracy.py --methods {args.methods}{flags}`\n")
     table = "\n".join(lines)
