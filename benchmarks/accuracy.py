@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override the smoothing sigma of every family (ablation)")
     parser.add_argument("--radiometric", default=None, choices=("none", "linear", "histogram"),
                         help="override the radiometric normalisation of every family (ablation)")
+    parser.add_argument("--speckle-window", type=int, default=None,
+                        help="override the Lee speckle filter window of every family (ablation)")
     parser.add_argument("--no-preprocess", action="store_true",
                         help="switch every preprocessing step off: co-registration, radiometric "
                              "normalisation, log transform, smoothing (ablation baseline)")
@@ -81,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = cfg.model_copy(update={"deep": cfg.deep.model_copy(
                     update={"objective": args.objective})})
             overrides = {k: v for k, v in (("smoothing_sigma", args.sigma),
-                                           ("radiometric", args.radiometric)) if v is not None}
+                                           ("radiometric", args.radiometric),
+                                           ("speckle_window", args.speckle_window))
+                         if v is not None}
             if args.no_preprocess:
                 overrides = {"coregister": False, "radiometric": "none", "log_transform": False,
                              "smoothing_sigma": 0.0, **overrides}
@@ -112,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     flags = "".join(f" --{k} {v}" for k, v in (("threshold", args.threshold),
                                               ("sigma", args.sigma),
                                               ("radiometric", args.radiometric),
+                                              ("speckle-window", args.speckle_window),
                                               ("only", args.only or None)) if v is not None)
     flags += " --no-preprocess" if args.no_preprocess else ""
     lines.insert(0, f"Generated {_stamp()} on {os.cpu_count()} CPU cores by "

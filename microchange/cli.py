@@ -88,7 +88,7 @@ def _config_from_args(args: argparse.Namespace) -> DetectConfig:
         if value is not None:
             base[key] = value
     pre_flags = {"smoothing_sigma": args.smoothing_sigma, "log_transform": args.log_transform,
-                 "radiometric": args.radiometric}
+                 "radiometric": args.radiometric, "speckle_window": args.speckle_window}
     if any(v is not None for v in pre_flags.values()):
         sensor = base.get("sensor", "optical")
         pre = dict(base.get("preprocess") or DetectConfig(sensor=sensor).resolved_preprocess()
@@ -164,6 +164,8 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
                    help="Gaussian smoothing of both dates in pixels (sensor default)")
     p.add_argument("--log-transform", action=argparse.BooleanOptionalAction, default=None,
                    dest="log_transform", help="work on log values (default: on for sar)")
+    p.add_argument("--speckle-window", type=int, dest="speckle_window",
+                   help="Lee speckle filter window in px, odd (e.g. 5; 0 = off; sensor default)")
     p.add_argument("--radiometric", choices=("none", "linear", "histogram"), default=None,
                    help="relative radiometric normalisation of AFTER onto BEFORE on invariant "
                         "pixels (sensor default)")

@@ -66,6 +66,16 @@ class PreprocessConfig(BaseModel):
             "removes gain, offset and gamma), 'linear' (robust gain and offset) or 'none'."
         ),
     )
+    speckle_window: int = Field(
+        0,
+        ge=0,
+        le=15,
+        description=(
+            "Side in pixels of the Lee speckle filter (odd, e.g. 5 or 7; 0 = off), applied to the "
+            "values as read, before the log transform. Its speckle level is fitted on the global "
+            "sample."
+        ),
+    )
     smoothing_sigma: float = Field(
         0.0,
         ge=0.0,
@@ -75,6 +85,15 @@ class PreprocessConfig(BaseModel):
             "(0 = off). Suppresses noise and speckle; nodata never leaks into valid pixels."
         ),
     )
+
+
+    @field_validator("speckle_window")
+    @classmethod
+    def _odd_window(cls, value: int) -> int:
+        if value and (value < 3 or value % 2 == 0):
+            raise ValueError(f"speckle_window {value!r} must be 0 (off) or odd and >= 3, "
+                             "e.g. 5 or 7")
+        return value
 
 
 class PostprocessConfig(BaseModel):

@@ -25,6 +25,7 @@ from microchange.radiometry import RadiometricNormaliser
 from microchange.scoring.base import Scorer
 from microchange.scoring.distance import CvaScorer
 from microchange.scoring.pca_kmeans import PcaKMeansScorer
+from microchange.speckle import SpeckleFilter
 from microchange.tiling import crop_core
 
 __all__ = ("METHODS", "SCORERS", "Detector", "build_detector", "method_names")
@@ -57,6 +58,7 @@ class Detector:
         self.extractor = extractor
         self.scorer = scorer
         self.radiometry = RadiometricNormaliser(preprocess.radiometric)
+        self.speckle = SpeckleFilter(preprocess.speckle_window)
         self.log = LogTransform(preprocess.log_transform)
 
     @property
@@ -65,10 +67,11 @@ class Detector:
         return preprocess_halo(self.preprocess) + self.extractor.halo + self.scorer.halo
 
     def _prepare(self, tile: TileArrays) -> FeatureSample:
-        after = self.radiometry.apply(tile.after, tile.valid)
+        before = self.speckle.apply(tile.before, tile.valid)
+        after = self.speckle.apply(self.radiometry.apply(tile.after, tile.valid), tile.valid)
         offset = self.log.offset
         return FeatureSample(
-            preprocess_image(tile.before, tile.valid, self.preprocess, log_offset=offset),
+            preprocess_image(before, tile.valid, self.preprocess, log_offset=offset),
             preprocess_image(after, tile.valid, self.preprocess, log_offset=offset),
             tile.valid,
             tile.halo,
@@ -84,8 +87,10 @@ class Detector:
             1-D float32 scores of the valid core pixels of all samples (to fit a threshold).
         """
         self.radiometry.fit([(s.before, s.after, s.valid) for s in samples])
-        self.log.fit([(s.before, self.radiometry.apply(s.after, s.valid), s.valid)
-                      for s in samples])
+        mapped = [(s.before, self.radiometry.apply(s.after, s.valid), s.valid) for s in samples]
+        self.speckle.fit(mapped)
+        self.log.fit(mapped)  # medians: the speckle filter hardly moves them
+        del mapped
         prepared = [self._prepare(s) for s in samples]
         self.extractor.fit(prepared)
         features = [self.extractor.extract(p) for p in prepared]
@@ -136,8 +141,8 @@ class Detector:
         return out
 
     def _parts(self) -> tuple[tuple[str, Any], ...]:
-        return (("radiometry", self.radiometry), ("log", self.log), ("extractor", self.extractor),
-                ("scorer", self.scorer))
+        return (("radiometry", self.radiometry), ("speckle", self.speckle), ("log", self.log),
+                ("extractor", self.extractor), ("scorer", self.scorer))
 
     def save(self, path: str | Path) -> None:
         """Write the fitted state to ``path`` (.npz, no pickle)."""

@@ -27,9 +27,10 @@ _TRUNCATE = 4.0
 
 def preprocess_halo(cfg: PreprocessConfig) -> int:
     """Context pixels the preprocessing needs on each side of a tile."""
+    speckle = cfg.speckle_window // 2
     if cfg.smoothing_sigma <= 0:
-        return 0
-    return int(_TRUNCATE * cfg.smoothing_sigma + 0.5)
+        return speckle
+    return speckle + int(_TRUNCATE * cfg.smoothing_sigma + 0.5)
 
 
 def smooth_masked(
