@@ -232,7 +232,8 @@ POSTPROCESS_DEFAULTS: dict[str, PostprocessConfig] = {
 SENSOR_DEFAULTS: dict[str, PreprocessConfig] = {
     "optical": PreprocessConfig(log_transform=False, smoothing_sigma=0.7,
                                 radiometric="histogram"),
-    "sar": PreprocessConfig(log_transform=True, smoothing_sigma=1.5, radiometric="none"),
+    "sar": PreprocessConfig(log_transform=True, smoothing_sigma=1.5, radiometric="none",
+                            speckle_window=5),
 }
 
 
