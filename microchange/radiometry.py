@@ -85,20 +85,54 @@ def _quantile_knots(a: NDArray[np.float64], b: NDArray[np.float64]
     return x, y
 
 
+def _tail_slopes(x: NDArray[np.float64], y: NDArray[np.float64]) -> tuple[float, float]:
+    """Slopes used beyond the knots: over the outer ``_TAIL`` share of knots at each end."""
+    k = max(1, min(len(x) - 1, round(_TAIL * len(x))))
+    return (float((y[k] - y[0]) / (x[k] - x[0])),
+            float((y[-1] - y[-1 - k]) / (x[-1] - x[-1 - k])))
+
+
 def _apply_knots(values: NDArray[np.float32], x: NDArray[np.float64],
                  y: NDArray[np.float64]) -> NDArray[np.float32]:
-    """Piecewise-linear mapping through the knots, extrapolated linearly beyond them."""
+    """Piecewise-linear mapping through the knots, extrapolated linearly beyond them (exact)."""
     if len(x) == 1:  # a constant band: shift it onto BEFORE's level
         return (values + np.float32(y[0] - x[0])).astype(np.float32)
     out = np.interp(values, x, y).astype(np.float32)
-    k = max(1, min(len(x) - 1, round(_TAIL * len(x))))
-    lo_slope = (y[k] - y[0]) / (x[k] - x[0])
-    hi_slope = (y[-1] - y[-1 - k]) / (x[-1] - x[-1 - k])
+    lo, hi = _tail_slopes(x, y)
     below = values < x[0]
     above = values > x[-1]
-    out[below] = (y[0] + lo_slope * (values[below] - x[0])).astype(np.float32)
-    out[above] = (y[-1] + hi_slope * (values[above] - x[-1])).astype(np.float32)
+    out[below] = (y[0] + lo * (values[below] - x[0])).astype(np.float32)
+    out[above] = (y[-1] + hi * (values[above] - x[-1])).astype(np.float32)
     return out
+
+
+_LUT_SIZE = 4096
+
+
+class _Lut:
+    """The knot mapping sampled on a uniform grid: a few float32 operations per pixel.
+
+    Between grid points it interpolates linearly; the grid is 16x finer than the 256 quantile
+    knots, so it departs from :func:`_apply_knots` only around knots, by far less than the
+    sample's quantile noise. Beyond the knots it extrapolates with the same tail slopes.
+    """
+
+    def __init__(self, x: NDArray[np.float64], y: NDArray[np.float64]) -> None:
+        self.x0, self.x1 = float(x[0]), float(x[-1])
+        grid = np.linspace(self.x0, self.x1, _LUT_SIZE)
+        table = np.interp(grid, x, y)
+        self.table = table.astype(np.float32)
+        self.delta = np.diff(table).astype(np.float32)
+        self.scale = np.float32((_LUT_SIZE - 1) / (self.x1 - self.x0))
+        self.lo, self.hi = (np.float32(v) for v in _tail_slopes(x, y))
+
+    def __call__(self, values: NDArray[np.float32]) -> NDArray[np.float32]:
+        x0, x1 = np.float32(self.x0), np.float32(self.x1)
+        t = (np.clip(values, x0, x1) - x0) * self.scale
+        i = np.minimum(t.astype(np.int32), _LUT_SIZE - 2)
+        out = self.table[i] + (t - i) * self.delta[i]
+        out += self.lo * np.minimum(values - x0, 0) + self.hi * np.maximum(values - x1, 0)
+        return out.astype(np.float32, copy=False)
 
 
 class RadiometricNormaliser:
@@ -126,6 +160,7 @@ class RadiometricNormaliser:
         self.max_pixels = max_pixels
         self._x: list[NDArray[np.float64]] = []
         self._y: list[NDArray[np.float64]] = []
+        self._luts: list[_Lut | None] = []
         self.n_pixels = 0
         self.n_pif = 0
 
@@ -153,7 +188,7 @@ class RadiometricNormaliser:
             samples: (before, after, valid) per block: (C, H, W) float32 values as read and the
                 (H, W) bool validity mask.
         """
-        self._x, self._y = [], []
+        self._x, self._y, self._luts = [], [], []
         if self.method == "none":
             return
         b, a = _pooled(samples, self.max_pixels)
@@ -167,11 +202,12 @@ class RadiometricNormaliser:
             knots = [self._fit_band(a[c, pif], b[c, pif]) for c in range(n_bands)]
             self._x = [k[0] for k in knots]
             self._y = [k[1] for k in knots]
+            self._luts = []
             if it == self.iterations - 1:
                 break
             d2 = np.zeros(n)
             for c in range(n_bands):
-                r = self._map_band(a[c].astype(np.float32), c).astype(np.float64) - b[c]
+                r = self._map_band(a[c].astype(np.float32), c, exact=True).astype(np.float64) - b[c]
                 med = np.median(r[pif])
                 scale = _MAD_SCALE * np.median(np.abs(r[pif] - med))
                 if scale > 0:
@@ -182,11 +218,19 @@ class RadiometricNormaliser:
             pif = new
         self.n_pif = int(pif.sum())
 
-    def _map_band(self, values: NDArray[np.float32], band: int) -> NDArray[np.float32]:
+    def _map_band(self, values: NDArray[np.float32], band: int, *,
+                  exact: bool = False) -> NDArray[np.float32]:
         if self.method == "linear":
             gain = float(self._y[band][1] - self._y[band][0])
             return (values * np.float32(gain) + np.float32(self._y[band][0])).astype(np.float32)
-        return _apply_knots(values, self._x[band], self._y[band])
+        if exact or len(self._x[band]) < 2:
+            return _apply_knots(values, self._x[band], self._y[band])
+        if len(self._luts) != len(self._x):
+            self._luts = [_Lut(x, y) if len(x) >= 2 else None
+                          for x, y in zip(self._x, self._y, strict=True)]
+        lut = self._luts[band]
+        assert lut is not None
+        return lut(values)
 
     def apply(self, after: NDArray[np.float32], valid: NDArray[np.bool_]) -> NDArray[np.float32]:
         """AFTER's values on BEFORE's radiometry.
@@ -246,13 +290,14 @@ class RadiometricNormaliser:
             ValueError: If the state was fitted with another method.
         """
         if not state:  # a state saved before radiometric normalisation existed
-            self._x, self._y = [], []
+            self._x, self._y, self._luts = [], [], []
             return
         method = str(state["method"])
         if method != self.method:
             raise ValueError(f"fitted radiometric state is {method!r}, not {self.method!r}: "
                              "re-run the fit stage")
         n = sum(1 for k in state if k.startswith("x"))
+        self._luts = []
         self._x = [np.asarray(state[f"x{c}"], np.float64) for c in range(n)]
         self._y = [np.asarray(state[f"y{c}"], np.float64) for c in range(n)]
         counts = np.asarray(state["counts"])
