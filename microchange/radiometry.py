@@ -223,8 +223,11 @@ class RadiometricNormaliser:
         if self.method == "linear":
             gain = float(self._y[band][1] - self._y[band][0])
             return (values * np.float32(gain) + np.float32(self._y[band][0])).astype(np.float32)
-        if exact or len(self._x[band]) < 2:
-            return _apply_knots(values, self._x[band], self._y[band])
+        x, y = self._x[band], self._y[band]
+        if np.allclose(x, y, rtol=1e-9, atol=0.0):  # same radiometry on both dates: untouched
+            return values
+        if exact or len(x) < 2:
+            return _apply_knots(values, x, y)
         if len(self._luts) != len(self._x):
             self._luts = [_Lut(x, y) if len(x) >= 2 else None
                           for x, y in zip(self._x, self._y, strict=True)]
