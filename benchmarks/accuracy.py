@@ -24,6 +24,7 @@ from benchmarks.datasets import list_pairs, shared_data_root
 from microchange.config import DetectConfig
 from microchange.evaluation import evaluate_run
 from microchange.pipeline import run_detection
+from microchange.radiometry import RADIOMETRIC_METHODS
 
 COLUMNS = ("dataset", "family", "method", "precision", "recall", "f1", "kappa", "iou", "pr_auc",
            "seconds")
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="out/bench", help="work/output folder")
     parser.add_argument("--sigma", type=float, default=None,
                         help="override the smoothing sigma of every family (ablation)")
-    parser.add_argument("--radiometric", default=None, choices=("none", "linear", "histogram"),
+    parser.add_argument("--radiometric", default=None, choices=RADIOMETRIC_METHODS,
                         help="override the radiometric normalisation of every family (ablation)")
     parser.add_argument("--speckle-window", type=int, default=None,
                         help="override the Lee speckle filter window of every family (ablation)")

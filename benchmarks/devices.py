@@ -28,6 +28,7 @@ import rasterio
 import torch
 
 from microchange.config import DeepConfig, DetectConfig
+from microchange.evaluation import confusion_from_arrays, metrics_from_confusion
 from microchange.pipeline import run_detection
 from microchange.synthetic import make_scene, write_scene
 
@@ -38,12 +39,8 @@ def _read(path: Path) -> np.ndarray:
 
 
 def _f1(mask: np.ndarray, truth: np.ndarray) -> float:
-    valid = mask != 255
-    pred = (mask == 1) & valid
-    tp = int((pred & truth).sum())
-    fp = int((pred & ~truth).sum())
-    fn = int((~pred & truth & valid).sum())
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    c = confusion_from_arrays(mask, truth, np.ones_like(truth))
+    return float(metrics_from_confusion(c)["f1"])
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from microchange.config import DetectConfig, PreprocessConfig
 from microchange.detector import method_names
 from microchange.errors import InputError
+from microchange.radiometry import RADIOMETRIC_METHODS
 
 __all__ = ("main",)
 
@@ -166,7 +167,7 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
                    dest="log_transform", help="work on log values (default: on for sar)")
     p.add_argument("--speckle-window", type=int, dest="speckle_window",
                    help="Lee speckle filter window in px, odd (e.g. 5; 0 = off; sensor default)")
-    p.add_argument("--radiometric", choices=("none", "linear", "histogram"), default=None,
+    p.add_argument("--radiometric", choices=RADIOMETRIC_METHODS, default=None,
                    help="relative radiometric normalisation of AFTER onto BEFORE on invariant "
                         "pixels (sensor default)")
     p.add_argument("--min-region-px", type=int, dest="min_region_px",

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from microchange.scoring.thresholds import THRESHOLD_PATTERN, THRESHOLDS
+from microchange.speckle import check_window
 
 __all__ = (
     "POSTPROCESS_DEFAULTS",
@@ -86,14 +87,10 @@ class PreprocessConfig(BaseModel):
         ),
     )
 
-
     @field_validator("speckle_window")
     @classmethod
     def _odd_window(cls, value: int) -> int:
-        if value and (value < 3 or value % 2 == 0):
-            raise ValueError(f"speckle_window {value!r} must be 0 (off) or odd and >= 3, "
-                             "e.g. 5 or 7")
-        return value
+        return check_window(value)
 
 
 class PostprocessConfig(BaseModel):

@@ -67,15 +67,28 @@ class Detector:
         return preprocess_halo(self.preprocess) + self.extractor.halo + self.scorer.halo
 
     def _prepare(self, tile: TileArrays) -> FeatureSample:
-        before = self.speckle.apply(tile.before, tile.valid)
-        after = self.speckle.apply(self.radiometry.apply(tile.after, tile.valid), tile.valid)
+        return self._filter(tile.before, self.radiometry.apply(tile.after, tile.valid),
+                            tile.valid, tile.halo)
+
+    def _filter(self, before: NDArray[np.float32], after: NDArray[np.float32],
+                valid: NDArray[np.bool_], halo: int) -> FeatureSample:
+        """Speckle filter, log transform and smoothing of both dates (AFTER already mapped)."""
         offset = self.log.offset
         return FeatureSample(
-            preprocess_image(before, tile.valid, self.preprocess, log_offset=offset),
-            preprocess_image(after, tile.valid, self.preprocess, log_offset=offset),
-            tile.valid,
-            tile.halo,
+            preprocess_image(self.speckle.apply(before, valid), valid, self.preprocess,
+                             log_offset=offset),
+            preprocess_image(self.speckle.apply(after, valid), valid, self.preprocess,
+                             log_offset=offset),
+            valid,
+            halo,
         )
+
+    def _extract(self, prepared: Sequence[FeatureSample]) -> list[FeatureSample]:
+        """Features of prepared blocks, in one batched call where the extractor offers one."""
+        batch_fn = getattr(self.extractor, "extract_batch", None)
+        if batch_fn is not None:
+            return list(batch_fn(prepared))
+        return [self.extractor.extract(p) for p in prepared]
 
     def fit(self, samples: Sequence[TileArrays]) -> NDArray[np.float32]:
         """Fit the radiometric mapping, the extractor and the scorer on sample blocks.
@@ -90,10 +103,11 @@ class Detector:
         mapped = [(s.before, self.radiometry.apply(s.after, s.valid), s.valid) for s in samples]
         self.speckle.fit(mapped)
         self.log.fit(mapped)  # medians: the speckle filter hardly moves them
+        prepared = [self._filter(b, a, v, s.halo)
+                    for (b, a, v), s in zip(mapped, samples, strict=True)]
         del mapped
-        prepared = [self._prepare(s) for s in samples]
         self.extractor.fit(prepared)
-        features = [self.extractor.extract(p) for p in prepared]
+        features = self._extract(prepared)
         del prepared
         self.scorer.fit(features)
         scores = []
@@ -126,12 +140,7 @@ class Detector:
         Returns:
             (h + 2 keep, w + 2 keep) float32 scores per tile; NaN where invalid.
         """
-        prepared = [self._prepare(t) for t in tiles]
-        batch_fn = getattr(self.extractor, "extract_batch", None)
-        if batch_fn is not None:
-            features = batch_fn(prepared)
-        else:
-            features = [self.extractor.extract(p) for p in prepared]
+        features = self._extract([self._prepare(t) for t in tiles])
         out = []
         for tile, feats in zip(tiles, features, strict=True):
             score = crop_core(self.scorer.score(feats), tile.halo - keep).astype(np.float32)
@@ -139,6 +148,13 @@ class Detector:
             score[~valid] = np.nan
             out.append(score)
         return out
+
+    def fitted_preprocess(self) -> dict[str, Any]:
+        """What the fit stage learned of the preprocessing, for run.json."""
+        speckle, log = self.speckle.cu2, self.log.offset
+        return {"radiometry": self.radiometry.summary(),
+                "speckle_cu2": None if speckle is None else [float(v) for v in speckle],
+                "log_offset": None if log is None else [float(v) for v in log]}
 
     def _parts(self) -> tuple[tuple[str, Any], ...]:
         return (("radiometry", self.radiometry), ("speckle", self.speckle), ("log", self.log),

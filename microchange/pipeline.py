@@ -287,12 +287,7 @@ def fit_detection(plan_path: PathLike) -> str:
         "sample": {"blocks": len(blocks), "pixels": int(scores.size),
                    "score_quantiles": dict(zip(["p50", "p90", "p99", "p99.9"],
                                                [float(v) for v in q], strict=True))},
-        "radiometry": detector.radiometry.summary(),
-        "fitted_preprocess": {
-            "speckle_cu2": (None if detector.speckle.cu2 is None
-                            else [float(v) for v in detector.speckle.cu2]),
-            "log_offset": (None if detector.log.offset is None
-                           else [float(v) for v in detector.log.offset])},
+        "fitted_preprocess": detector.fitted_preprocess(),
         "fit_s": round(time.perf_counter() - t0, 3),
     })
     log.info("fitted %s on %d sample pixels; threshold %s = %.4g", cfg.method, scores.size,
@@ -501,8 +496,7 @@ def finalise_detection(plan_path: PathLike, *, started: float | None = None) -> 
             "preprocess": plan.config.resolved_preprocess().model_dump(),
             "device": "cpu",
             "threshold": fit["threshold"],
-            "radiometry": fit.get("radiometry", {"method": "none"}),
-            "fitted_preprocess": fit.get("fitted_preprocess", {}),
+            "fitted_preprocess": fit["fitted_preprocess"],
             "sample": fit["sample"],
             "counts": counts,
             "timings": timings,

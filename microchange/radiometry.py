@@ -32,8 +32,8 @@ at a time: it needs no halo and does not depend on the tiling. Invalid pixels st
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -160,14 +160,20 @@ class RadiometricNormaliser:
         self.max_pixels = max_pixels
         self._x: list[NDArray[np.float64]] = []
         self._y: list[NDArray[np.float64]] = []
-        self._luts: list[_Lut | None] = []
+        self._maps: list[Callable[[NDArray[np.float32]], NDArray[np.float32]]] = []
         self.n_pixels = 0
         self.n_pif = 0
 
-    @property
-    def fitted(self) -> bool:
-        """True once :meth:`fit` or :meth:`load_state` has set a mapping."""
-        return bool(self._x)
+    def _set_knots(self, xs: list[NDArray[np.float64]], ys: list[NDArray[np.float64]]) -> None:
+        """Keep the knots and build each band's mapping once (not per tile)."""
+        self._x, self._y, self._maps = xs, ys, []
+        for x, y in zip(xs, ys, strict=True):
+            if np.allclose(x, y, rtol=1e-9, atol=0.0):  # same radiometry: leave values untouched
+                self._maps.append(lambda v: v)
+            elif len(x) < 2:
+                self._maps.append(partial(_apply_knots, x=x, y=y))
+            else:
+                self._maps.append(_Lut(x, y))
 
     def _fit_band(self, a: NDArray[np.float64], b: NDArray[np.float64]
                   ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -188,7 +194,7 @@ class RadiometricNormaliser:
             samples: (before, after, valid) per block: (C, H, W) float32 values as read and the
                 (H, W) bool validity mask.
         """
-        self._x, self._y, self._luts = [], [], []
+        self._set_knots([], [])
         if self.method == "none":
             return
         b, a = _pooled(samples, self.max_pixels)
@@ -200,14 +206,12 @@ class RadiometricNormaliser:
         limit = float(stats.chi2.ppf(_PIF_QUANTILE, df=n_bands))
         for it in range(self.iterations):
             knots = [self._fit_band(a[c, pif], b[c, pif]) for c in range(n_bands)]
-            self._x = [k[0] for k in knots]
-            self._y = [k[1] for k in knots]
-            self._luts = []
+            self._set_knots([k[0] for k in knots], [k[1] for k in knots])
             if it == self.iterations - 1:
                 break
             d2 = np.zeros(n)
-            for c in range(n_bands):
-                r = self._map_band(a[c].astype(np.float32), c, exact=True).astype(np.float64) - b[c]
+            for c, (x, y) in enumerate(knots):
+                r = _apply_knots(a[c].astype(np.float32), x, y).astype(np.float64) - b[c]
                 med = np.median(r[pif])
                 scale = _MAD_SCALE * np.median(np.abs(r[pif] - med))
                 if scale > 0:
@@ -217,23 +221,6 @@ class RadiometricNormaliser:
                 break
             pif = new
         self.n_pif = int(pif.sum())
-
-    def _map_band(self, values: NDArray[np.float32], band: int, *,
-                  exact: bool = False) -> NDArray[np.float32]:
-        if self.method == "linear":
-            gain = float(self._y[band][1] - self._y[band][0])
-            return (values * np.float32(gain) + np.float32(self._y[band][0])).astype(np.float32)
-        x, y = self._x[band], self._y[band]
-        if np.allclose(x, y, rtol=1e-9, atol=0.0):  # same radiometry on both dates: untouched
-            return values
-        if exact or len(x) < 2:
-            return _apply_knots(values, x, y)
-        if len(self._luts) != len(self._x):
-            self._luts = [_Lut(x, y) if len(x) >= 2 else None
-                          for x, y in zip(self._x, self._y, strict=True)]
-        lut = self._luts[band]
-        assert lut is not None
-        return lut(values)
 
     def apply(self, after: NDArray[np.float32], valid: NDArray[np.bool_]) -> NDArray[np.float32]:
         """AFTER's values on BEFORE's radiometry.
@@ -254,8 +241,8 @@ class RadiometricNormaliser:
             raise ValueError(f"radiometric mapping fitted on {len(self._x)} bands, got "
                              f"{after.shape[0]}: use the same bands for fit and apply")
         out = np.empty_like(after)
-        for c in range(after.shape[0]):
-            out[c] = self._map_band(after[c], c)
+        for c, mapping in enumerate(self._maps):
+            out[c] = mapping(after[c])
         out[:, ~valid] = 0.0
         return out
 
@@ -292,25 +279,13 @@ class RadiometricNormaliser:
         Raises:
             ValueError: If the state was fitted with another method.
         """
-        if not state:  # a state saved before radiometric normalisation existed
-            self._x, self._y, self._luts = [], [], []
-            return
         method = str(state["method"])
         if method != self.method:
             raise ValueError(f"fitted radiometric state is {method!r}, not {self.method!r}: "
                              "re-run the fit stage")
         n = sum(1 for k in state if k.startswith("x"))
-        self._luts = []
-        self._x = [np.asarray(state[f"x{c}"], np.float64) for c in range(n)]
-        self._y = [np.asarray(state[f"y{c}"], np.float64) for c in range(n)]
+        self._set_knots([np.asarray(state[f"x{c}"], np.float64) for c in range(n)],
+                        [np.asarray(state[f"y{c}"], np.float64) for c in range(n)])
         counts = np.asarray(state["counts"])
         self.n_pixels, self.n_pif = int(counts[0]), int(counts[1])
 
-
-def relative_error(mapped: NDArray[np.floating[Any]], reference: NDArray[np.floating[Any]]
-                   ) -> float:
-    """Median of |mapped - reference| / |reference| (a check used by tests and benchmarks)."""
-    ref = np.abs(reference)
-    ok = ref > 0
-    return float(np.median(np.abs(mapped[ok] - reference[ok]) / ref[ok])) if ok.any() \
-        else math.nan

@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-__all__ = ("SpeckleFilter", "lee_filter", "local_stats")
+__all__ = ("SpeckleFilter", "check_window", "lee_filter", "local_stats")
 
 _HOMOGENEOUS = 0.25
 _FIT_WINDOW = 11
@@ -81,6 +81,18 @@ def lee_filter(image: NDArray[np.float32], valid: NDArray[np.bool_], window: int
     return out
 
 
+def check_window(window: int) -> int:
+    """``window`` if it is 0 (off) or odd and >= 3.
+
+    Raises:
+        ValueError: Otherwise, with the fix.
+    """
+    if window != 0 and (window < 3 or window % 2 == 0):
+        raise ValueError(f"speckle filter window {window!r} must be 0 (off) or odd and >= 3, "
+                         "e.g. 5 or 7")
+    return window
+
+
 class SpeckleFilter:
     """A Lee filter whose speckle level ``Cu^2`` is fitted on the global sample.
 
@@ -92,10 +104,7 @@ class SpeckleFilter:
     """
 
     def __init__(self, window: int) -> None:
-        if window != 0 and (window < 3 or window % 2 == 0):
-            raise ValueError(f"speckle filter window {window!r} must be 0 (off) or odd and >= 3, "
-                             "e.g. 5 or 7")
-        self.window = window
+        self.window = check_window(window)
         self.cu2: NDArray[np.float32] | None = None
 
     @property

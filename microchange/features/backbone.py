@@ -11,9 +11,10 @@ What :class:`BackboneFeatures` does, in order:
 1. **Input scaling.** Band values arrive preprocessed (float32). Each band of each date is
    standardised with a mean and std fitted on the global sample, so the network sees ~N(0, 1)
    inputs and a global gain/offset between the acquisitions is removed, as in CVA on bands
-   (:class:`~microchange.features.bands.BandFeatures`). Pooling both dates instead left that
-   difference in every pixel: on the shared benchmark it cut ROC-AUC on Taizhou from 0.95 to
-   0.56 and on OSCD Rennes from 0.84 to 0.61. Invalid pixels are set to 0 (the mean) before the
+   (:class:`~microchange.features.bands.BandFeatures`). Pooling both dates instead leaves that
+   difference in every pixel (an earlier measurement found it much lowered ROC-AUC); with
+   per-date scaling and the default layers, ROC-AUC is 0.983 on Taizhou and 0.939 on OSCD
+   Rennes (``benchmarks/accuracy.py``, 2026-11-28). Invalid pixels are set to 0 (the mean) before the
    network and their features to 0 after it (fill before, re-mask after).
 2. **Any band count.** The backbone's first convolution takes 3 bands. With N == 3 bands it is used
    as is (in the input's band order); otherwise it is replaced by an N-band convolution whose
@@ -82,9 +83,9 @@ DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
 }
 """Layers used when ``layers`` is None: the two shallowest stages (strides 2 and 4; vgg16 1 and
 2). With random weights (the default: nothing is downloaded) shallow layers score best on the
-shared benchmark: resnet18 mean ROC-AUC over Taizhou, OSCD Rennes, Bern and San Francisco is
-0.977 for conv1+layer1, 0.956 for layer1, 0.937 for layer1+layer2 (0.983 for conv1 alone, hardly
-deep). With pretrained weights deeper layers may pay off: pass ``layers``."""
+shared benchmark: resnet18 mean ROC-AUC over OSCD Rennes, Taizhou, Bern and San Francisco is
+0.978 for conv1+layer1, 0.956 for layer1, 0.939 for layer1+layer2 (0.983 for conv1 alone, hardly
+deep; measured 2026-11-28 with the sensor defaults). With pretrained weights deeper layers may pay off: pass ``layers``."""
 
 _RESNET_LAYERS = ("conv1", "layer1", "layer2", "layer3", "layer4")
 # vgg16 ``features`` index of the last ReLU of each convolution stage (before its max-pool).
@@ -395,8 +396,10 @@ def _sample_bilinear(fmap: torch.Tensor, images: NDArray[np.int64], rows: NDArra
     return top * (1 - lr) + bottom * lr
 
 
-_FIT_BLOCKS = 16
-"""Sample blocks per forward pass while fitting (small blocks: per-call overheads dominate)."""
+_BATCH_PIXELS = 512 * 512
+"""Pixels of one image at the nominal tile size: blocks smaller than a tile (the fit's sample
+blocks) are batched up to ``batch_size`` images of this many pixels per forward pass, since
+per-call overheads dominate on small blocks."""
 
 
 def _groups(blocks: Sequence[FeatureSample]) -> list[list[int]]:
@@ -420,12 +423,13 @@ class BackboneFeatures:
             holds anything but tensors is refused, never executed.
         device: 'auto', 'cpu' or 'cuda' ('cuda:N').
         batch_size: Images (one date of one block each) per forward pass; None: 4 on the CPU
-            (bounds memory; larger batches are not faster there), 16 on CUDA.
+            (bounds memory; larger batches are not faster there), 16 on CUDA. Blocks smaller
+            than a 512 px tile are batched up to the same pixel count.
         seed: Seed of the random weights (``weights=None``) and of the fit's pixel subsample.
         n_features: Features kept: the change vectors are projected onto this many principal
             axes of the sample's change vectors (bounds memory and the scorer's work); None keeps
-            every standardised feature. Measured on six benchmark pairs with the default
-            layers (128 features): 16 keeps 68-86 % of the squared change norm and gives the
+            every standardised feature. In an earlier measurement on six benchmark pairs
+            (128 features), 16 kept 68-86 % of the squared change norm and gave the
             same ROC-AUC (within 0.004) and an equal or higher PR-AUC (up to +0.06) than all
             128.
         fit_pixels: Pixels (both dates pooled) used to fit the feature statistics.
@@ -493,7 +497,6 @@ class BackboneFeatures:
         self._head: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         self.kept_energy = 1.0
         """Share of the sample's squared change-vector norm kept by the projection (after fit)."""
-        self._fit_cache: dict[int, tuple[FeatureSample, FeatureSample]] = {}
 
     # -- geometry ----------------------------------------------------------------------------
     @property
@@ -600,18 +603,21 @@ class BackboneFeatures:
             total = _upsample(total, y.shape[-2] // total.shape[-2]).add_(y)
         return _upsample_crop(total, size // total.shape[-2], rows, cols)
 
-    def _features(self, blocks: Sequence[FeatureSample], *, per: int | None = None
-                  ) -> list[NDArray[np.float32]]:
+    def _blocks_per_forward(self, h: int, w: int) -> int:
+        """Blocks of (h, w) px (two images each) per forward pass."""
+        return max(1, self.batch_size // 2, self.batch_size * _BATCH_PIXELS // (2 * h * w))
+
+    def _features(self, blocks: Sequence[FeatureSample]) -> list[NDArray[np.float32]]:
         """(2, F, H, W) float32 features (before, after) of same-shape, same-halo blocks.
 
         The outer ring of :attr:`halo` pixels, whose receptive field leaves the block (so no
-        consumer may use it), is not computed and holds 0. ``per`` blocks (two images each) go
-        through the network at once; default ``batch_size // 2``.
+        consumer may use it), is not computed and holds 0. :meth:`_blocks_per_forward` blocks (two
+        images each) go through the network at once.
         """
         h, w = blocks[0].valid.shape
         mr = self.halo if h > 2 * self.halo else 0
         mc = self.halo if w > 2 * self.halo else 0
-        per = per or max(1, self.batch_size // 2)
+        per = self._blocks_per_forward(h, w)
         res: list[NDArray[np.float32]] = []
         with self._compute():
             for start in range(0, len(blocks), per):
@@ -692,8 +698,9 @@ class BackboneFeatures:
         keys = list(chosen)
         for group in _groups([samples[i] for i in keys]):
             ids = [keys[j] for j in group]
-            for start in range(0, len(ids), _FIT_BLOCKS):
-                chunk = ids[start:start + _FIT_BLOCKS]
+            per = self._blocks_per_forward(*samples[ids[0]].valid.shape)
+            for start in range(0, len(ids), per):
+                chunk = ids[start:start + per]
                 x, lead = self._inputs([samples[i] for i in chunk])
                 width = cores[chunk[0]].shape[1]
                 pix = np.concatenate([chosen[i] for i in chunk])
@@ -727,16 +734,6 @@ class BackboneFeatures:
             signs = np.sign(proj[np.arange(len(proj)), np.abs(proj).argmax(axis=1)])
             self._proj = proj * signs[:, None]
         self._make_head()
-        # the detector extracts every sample next: do it now in large batches (much faster on
-        # small blocks than one block per call, identical values) and answer from this cache
-        self._fit_cache = {}
-        cache = {}
-        for group in _groups(samples):
-            feats = self._features([samples[i] for i in group], per=_FIT_BLOCKS)
-            for i, f in zip(group, feats, strict=True):
-                cache[id(samples[i])] = (samples[i], FeatureSample(f[0], f[1], samples[i].valid,
-                                                                   samples[i].halo))
-        self._fit_cache = cache
 
     def _make_head(self) -> None:
         """Per-layer (weight, bias) tensors folding standardisation (and projection)."""
@@ -770,24 +767,11 @@ class BackboneFeatures:
         return self.extract_batch([block])[0]
 
     def extract_batch(self, blocks: Sequence[FeatureSample]) -> list[FeatureSample]:
-        """Features of several blocks; blocks of one shape go through the network together.
-
-        Blocks passed to :meth:`fit` (the same objects) are answered once each from the
-        features computed there in large batches: identical values, as the detector asks for
-        exactly those next. Do not modify a block between ``fit`` and ``extract``.
-        """
+        """Features of several blocks; blocks of one shape go through the network together."""
         if self._band_mean is None or not self._head:
             raise RuntimeError("BackboneFeatures.extract called before fit/load_state")
         out: list[FeatureSample | None] = [None] * len(blocks)
-        todo = []
-        for i, b in enumerate(blocks):
-            hit = self._fit_cache.pop(id(b), None)
-            if hit is not None and hit[0] is b:
-                out[i] = hit[1]
-            else:
-                todo.append(i)
-        for group in _groups([blocks[i] for i in todo]):
-            idx = [todo[j] for j in group]
+        for idx in _groups(blocks):
             feats = self._features([blocks[i] for i in idx])
             for i, f in zip(idx, feats, strict=True):
                 out[i] = FeatureSample(f[0], f[1], blocks[i].valid, blocks[i].halo)
@@ -814,7 +798,6 @@ class BackboneFeatures:
         Raises:
             ConfigError: If the state was fitted for another backbone or other layers.
         """
-        self._fit_cache = {}
         ident = str(np.asarray(state["backbone"]))
         mine = f"{self.backbone}:{','.join(self.layers)}"
         if ident != mine:

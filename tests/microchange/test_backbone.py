@@ -52,7 +52,7 @@ def test_geometry_of_default_layers() -> None:
 
 def test_feature_shapes_dtype_and_mask() -> None:
     ext, fitted = _fitted(n_features=8)
-    # the fit's own blocks are answered from features computed in the fit: the same values
+    # a block seen in the fit and a copy of it give the same features
     from_fit = ext.extract(fitted)
     fresh = ext.extract(FeatureSample(fitted.before.copy(), fitted.after.copy(),
                                       fitted.valid.copy(), fitted.halo))
