@@ -52,6 +52,17 @@ class PreprocessConfig(BaseModel):
         le=5.0,
         description="Smallest estimated shift in pixels that is corrected.",
     )
+    coregister_cell: int = Field(
+        512,
+        ge=0,
+        le=8192,
+        description=(
+            "Side in pixels of the coarse grid cells on which local shifts are estimated, for "
+            "distortions that vary over the raster (0 = one global shift). Used when the raster "
+            "holds at least 2x2 cells; the field is applied when it varies by more than "
+            "coregister_min_shift."
+        ),
+    )
     log_transform: bool = Field(
         False,
         description=(
@@ -86,6 +97,14 @@ class PreprocessConfig(BaseModel):
             "(0 = off). Suppresses noise and speckle; nodata never leaks into valid pixels."
         ),
     )
+
+    @field_validator("coregister_cell")
+    @classmethod
+    def _cell_size(cls, value: int) -> int:
+        if 0 < value < 64:
+            raise ValueError(f"coregister_cell={value} is too small for phase correlation: use "
+                             "0 (global shift only) or at least 64 px, e.g. 512")
+        return value
 
     @field_validator("speckle_window")
     @classmethod

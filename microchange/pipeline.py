@@ -27,7 +27,13 @@ import pyarrow as pa
 import shapely
 
 from microchange.config import DetectConfig, PreprocessConfig
-from microchange.coregistration import estimate_shift
+from microchange.coregistration import (
+    ShiftField,
+    block_shift,
+    estimate_shift,
+    estimate_shift_field,
+    median_shift,
+)
 from microchange.detector import Detector, build_detector
 from microchange.errors import InputError, MicrochangeError, NoOverlapError, OutputError
 from microchange.io.cog import assemble_cog, read_part, write_part
@@ -82,9 +88,12 @@ class _Plan:
         self.out = Path(self.doc["out"])
 
     def reader(self) -> PairReader:
-        shift = self.doc["coregistration"]["applied_shift"]
+        coreg = self.doc["coregistration"]
+        shift = coreg["applied_shift"]
+        field = ShiftField.from_dict(coreg["field"]) if coreg.get("field") else None
         return PairReader(self.doc["before"], self.doc["after"], bands=self.config.bands,
-                          after_shift=(shift[0], shift[1]), masks=self.config.masks)
+                          after_shift=(shift[0], shift[1]), after_shift_field=field,
+                          masks=self.config.masks)
 
     def detector(self) -> Detector:
         det = build_detector(self.config)
@@ -118,33 +127,86 @@ _COREG_BLOCKS = 16
 _COREG_MIN_BLOCKS = 3
 _COREG_MAX_SPREAD = 0.3
 _COREG_MAX_SHIFT = 3.0
+_COREG_CELL_BLOCK = 256
+_COREG_MAX_CELLS = 4096
+
+
+def _prepared_block(pair: PairReader, pre: PreprocessConfig, r: int, c: int, h: int, w: int
+                    ) -> tuple[Any, Any, Any]:
+    arr = pair.read(r, r + h, c, c + w)
+    return (preprocess_image(arr.before, arr.valid, pre),
+            preprocess_image(arr.after, arr.valid, pre), arr.valid)
+
+
+def _cell_shifts(pair: PairReader, pre: PreprocessConfig, cell: int
+                 ) -> tuple[list[float], list[float], list[list[tuple[float, float] | None]]]:
+    """Phase-correlation shift of the central block of every cell of a coarse grid."""
+    g = pair.grid
+    row_starts = list(range(0, g.height, cell))
+    col_starts = list(range(0, g.width, cell))
+    rows, cols = [], []
+    for r in row_starts:
+        rows.append(r + (min(cell, g.height - r) - 1) / 2)
+    for c in col_starts:
+        cols.append(c + (min(cell, g.width - c) - 1) / 2)
+    shifts: list[list[tuple[float, float] | None]] = []
+    for r, rc in zip(row_starts, rows, strict=True):
+        line: list[tuple[float, float] | None] = []
+        h = min(_COREG_CELL_BLOCK, cell, g.height - r)
+        for c, cc in zip(col_starts, cols, strict=True):
+            w = min(_COREG_CELL_BLOCK, cell, g.width - c)
+            r0 = min(max(0, round(rc - h / 2)), g.height - h)
+            c0 = min(max(0, round(cc - w / 2)), g.width - w)
+            line.append(block_shift(*_prepared_block(pair, pre, r0, c0, h, w)))
+        shifts.append(line)
+    return rows, cols, shifts
 
 
 def _estimate_coregistration(
     pair: PairReader, pre: PreprocessConfig, *, seed: int
 ) -> dict[str, Any]:
-    """Global sub-pixel shift of AFTER from up to 16 blocks spread over the raster.
+    """Sub-pixel shift of AFTER: a field over a coarse grid of cells, or one global shift.
 
-    The estimate is applied only when it is trustworthy: at least 3 usable blocks agreeing within
-    0.3 px (median absolute deviation) on a shift of at most 3 px (residual misregistration, not a
-    different scene); otherwise the reason is recorded and nothing is shifted.
+    With ``coregister_cell`` > 0 and a raster of at least 2x2 cells, a shift is estimated in
+    every cell (:func:`microchange.coregistration.estimate_shift_field`); the global shift is
+    their median. The field is applied when it departs from the global shift by more than
+    ``coregister_min_shift`` somewhere and stays within 3 px. Otherwise one global shift (from
+    the cells, or from up to 16 blocks of a smaller raster) is applied when it is trustworthy:
+    at least 3 usable blocks agreeing within 0.3 px (median absolute deviation) on a shift of at
+    most 3 px (residual misregistration, not a different scene). The reason for not correcting
+    is recorded.
     """
     if not pre.coregister:
-        return {"enabled": False, "applied": False, "applied_shift": [0.0, 0.0]}
+        return {"enabled": False, "applied": False, "mode": None, "applied_shift": [0.0, 0.0],
+                "field": None}
     g = pair.grid
-    block = 256 if min(g.height, g.width) >= 1024 else 128
-    grid_blocks = list(iter_blocks(g.height, g.width, block))
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(len(grid_blocks), size=min(_COREG_BLOCKS, len(grid_blocks)),
-                                replace=False))
-    blocks = []
-    for j in chosen.tolist():
-        r, c, h, w = grid_blocks[j]
-        arr = pair.read(r, r + h, c, c + w)
-        blocks.append((preprocess_image(arr.before, arr.valid, pre),
-                       preprocess_image(arr.after, arr.valid, pre), arr.valid))
-    est = estimate_shift(blocks)
-    if est.n_blocks < _COREG_MIN_BLOCKS:
+    cell = pre.coregister_cell
+    field: ShiftField | None = None
+    cells_doc: dict[str, Any] | None = None
+    use_cells = (cell > 0 and g.height >= 2 * cell and g.width >= 2 * cell
+                 and math.ceil(g.height / cell) * math.ceil(g.width / cell) <= _COREG_MAX_CELLS)
+    if use_cells:
+        rows, cols, shifts = _cell_shifts(pair, pre, cell)
+        usable = [s for line in shifts for s in line if s is not None]
+        est = median_shift(usable)
+        if est.n_blocks >= _COREG_MIN_BLOCKS:
+            field = estimate_shift_field(rows, cols, shifts, (est.dy, est.dx))
+        cells_doc = {"size": cell, "grid": [len(rows), len(cols)], "usable": len(usable)}
+    else:
+        block = 256 if min(g.height, g.width) >= 1024 else 128
+        grid_blocks = list(iter_blocks(g.height, g.width, block))
+        rng = np.random.default_rng(seed)
+        chosen = np.sort(rng.choice(len(grid_blocks), size=min(_COREG_BLOCKS, len(grid_blocks)),
+                                    replace=False))
+        est = estimate_shift([_prepared_block(pair, pre, *grid_blocks[j]) for j in chosen.tolist()])
+    local = None
+    if field is not None:
+        dev = float(np.hypot(np.asarray(field.dy) - est.dy, np.asarray(field.dx) - est.dx).max())
+        if dev >= max(pre.coregister_min_shift, 1e-9) and field.max_magnitude() <= _COREG_MAX_SHIFT:
+            local = field
+    if local is not None:
+        reason = ""
+    elif est.n_blocks < _COREG_MIN_BLOCKS:
         reason = f"only {est.n_blocks} usable block(s) (< {_COREG_MIN_BLOCKS})"
     elif est.spread > _COREG_MAX_SPREAD:
         reason = f"blocks disagree (spread {est.spread:.2f} px > {_COREG_MAX_SPREAD})"
@@ -155,13 +217,18 @@ def _estimate_coregistration(
     else:
         reason = ""
     applied = not reason
-    if applied:
+    mode = ("local" if local is not None else "global") if applied else None
+    if local is not None:
+        log.info("co-registration: AFTER shifted by a field over %dx%d cells (up to %.3f px)",
+                 len(local.rows), len(local.cols), local.max_magnitude())
+    elif applied:
         log.info("co-registration: AFTER shifted by (%.3f, %.3f) px", est.dy, est.dx)
     else:
         log.info("co-registration not applied: %s", reason)
-    return {"enabled": True, "estimate": est.as_dict(), "applied": applied,
-            "reason": reason or None,
-            "applied_shift": [est.dy, est.dx] if applied else [0.0, 0.0]}
+    return {"enabled": True, "estimate": est.as_dict(), "cells": cells_doc, "applied": applied,
+            "mode": mode, "reason": reason or None,
+            "applied_shift": [est.dy, est.dx] if mode == "global" else [0.0, 0.0],
+            "field": local.as_dict() if local is not None else None}
 
 
 def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: DetectConfig) -> str:

@@ -39,6 +39,7 @@ from microchange.tiling import Tile, pad_to_halo
 
 if TYPE_CHECKING:
     from microchange.config import MaskConfig
+    from microchange.coregistration import ShiftField
     from microchange.io.masks import MaskReader
 
 __all__ = ("Grid", "PairReader", "PathLike", "TileArrays", "open_raster")
@@ -163,6 +164,8 @@ class PairReader:
             folder/glob, or band descriptions of a file); default: all bands of a file.
         after_shift: Sub-pixel (rows, columns) shift applied to AFTER after alignment, from
             :func:`microchange.coregistration.estimate_shift` (default: none).
+        after_shift_field: A shift varying over the raster, applied instead of ``after_shift``
+            (:func:`microchange.coregistration.estimate_shift_field`; default: none).
         masks: Per-date mask and class rasters whose excluded pixels become invalid (default:
             none); read onto BEFORE's grid by :class:`microchange.io.masks.MaskReader`.
 
@@ -187,9 +190,11 @@ class PairReader:
         *,
         bands: BandSelection = None,
         after_shift: tuple[float, float] = (0.0, 0.0),
+        after_shift_field: ShiftField | None = None,
         masks: MaskConfig | None = None,
     ) -> None:
         self.after_shift = (float(after_shift[0]), float(after_shift[1]))
+        self.after_shift_field = after_shift_field
         self.before_path = str(before)
         self.after_path = str(after)
         before_in = resolve_input(before, bands, role="BEFORE")
@@ -310,7 +315,7 @@ class PairReader:
     def read(self, r0: int, r1: int, c0: int, c1: int) -> TileArrays:
         """Read rows r0:r1 and columns c0:c1 of both dates (inside the raster, no halo).
 
-        AFTER is co-registered by ``after_shift`` when one is set. GDAL's block cache is capped
+        AFTER is co-registered by ``after_shift_field`` or ``after_shift`` when one is set. GDAL's block cache is capped
         at :data:`GDAL_CACHE_MB` while reading (its default, 5 % of RAM, would otherwise grow the
         memory of a run with the raster size).
         """
@@ -324,7 +329,7 @@ class PairReader:
         valid = _read_valid(self._before, idx, window)
         if self._masks is not None:
             valid &= self._masks.read(window)
-        if self.after_shift != (0.0, 0.0):
+        if self.after_shift_field is not None or self.after_shift != (0.0, 0.0):
             after, valid_after = self._read_after_shifted(r0, r1, c0, c1)
             valid &= valid_after
         else:
@@ -356,10 +361,11 @@ class PairReader:
     def _read_after_shifted(
         self, r0: int, r1: int, c0: int, c1: int
     ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
-        from microchange.coregistration import shift_image, shift_margin
+        from microchange.coregistration import shift_image, shift_image_field, shift_margin
 
+        field = self.after_shift_field
         dy, dx = self.after_shift
-        m = shift_margin(dy, dx)
+        m = shift_margin(field.max_abs(), 0.0) if field is not None else shift_margin(dy, dx)
         h, w = self._before.height, self._before.width
         tile = Tile(0, r0, c0, r1 - r0, c1 - c0, halo=m)
         rr0, rr1, cc0, cc1 = tile.read_bounds(h, w)
@@ -367,6 +373,9 @@ class PairReader:
         pads = tile.pad_widths(h, w)
         after = pad_to_halo(after, pads)  # type: ignore[assignment]
         valid = pad_to_halo(valid, pads)  # type: ignore[assignment]
+        if field is not None:
+            fdy, fdx = field.sample(r0, r1, c0, c1)
+            return shift_image_field(after, valid, fdy, fdx, m)
         return shift_image(after, valid, dy, dx, m)
 
     def read_tile(self, tile: Tile) -> TileArrays:
