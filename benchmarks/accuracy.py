@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.datasets import list_pairs, shared_data_root
 from microchange.config import DetectConfig
+from microchange.denoise import DENOISERS
 from microchange.evaluation import evaluate_run
 from microchange.pipeline import run_detection
 from microchange.radiometry import RADIOMETRIC_METHODS
@@ -57,9 +58,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="override the radiometric normalisation of every family (ablation)")
     parser.add_argument("--speckle-window", type=int, default=None,
                         help="override the Lee speckle filter window of every family (ablation)")
+    parser.add_argument("--denoise", default=None, choices=DENOISERS,
+                        help="override the denoising filter of every family (ablation)")
+    parser.add_argument("--coregister", default=None, choices=("off", "global", "local"),
+                        help="override the co-registration of every family (ablation)")
     parser.add_argument("--no-preprocess", action="store_true",
                         help="switch every preprocessing step off: co-registration, radiometric "
-                             "normalisation, log transform, smoothing (ablation baseline)")
+                             "normalisation, log transform, speckle filter, denoising (ablation "
+                             "baseline)")
     parser.add_argument("--only", default="", help="comma-separated dataset name filter")
     parser.add_argument("--objective", default=None,
                         help="objective of the 'learned' method (default: per sensor family)")
@@ -85,11 +91,15 @@ def main(argv: list[str] | None = None) -> int:
                     update={"objective": args.objective})})
             overrides = {k: v for k, v in (("smoothing_sigma", args.sigma),
                                            ("radiometric", args.radiometric),
-                                           ("speckle_window", args.speckle_window))
+                                           ("speckle_window", args.speckle_window),
+                                           ("denoise", args.denoise))
                          if v is not None}
+            if args.coregister is not None:
+                overrides.update({"coregister": args.coregister != "off"}
+                                 | ({"coregister_cell": 0} if args.coregister == "global" else {}))
             if args.no_preprocess:
                 overrides = {"coregister": False, "radiometric": "none", "log_transform": False,
-                             "smoothing_sigma": 0.0, **overrides}
+                             "speckle_window": 0, "smoothing_sigma": 0.0, **overrides}
             if overrides:
                 pre = cfg.resolved_preprocess().model_copy(update=overrides)
                 cfg = cfg.model_copy(update={"preprocess": pre})
@@ -118,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                                               ("sigma", args.sigma),
                                               ("radiometric", args.radiometric),
                                               ("speckle-window", args.speckle_window),
+                                              ("denoise", args.denoise),
+                                              ("coregister", args.coregister),
                                               ("only", args.only or None)) if v is not None)
     flags += " --no-preprocess" if args.no_preprocess else ""
     lines.insert(0, f"Generated {_stamp()} on {os.cpu_count()} CPU cores by "

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from microchange.config import DetectConfig, PreprocessConfig
+from microchange.denoise import DENOISERS
 from microchange.detector import method_names
 from microchange.errors import InputError
 from microchange.radiometry import RADIOMETRIC_METHODS
@@ -89,7 +90,8 @@ def _config_from_args(args: argparse.Namespace) -> DetectConfig:
         if value is not None:
             base[key] = value
     pre_flags = {"smoothing_sigma": args.smoothing_sigma, "log_transform": args.log_transform,
-                 "radiometric": args.radiometric, "speckle_window": args.speckle_window}
+                 "radiometric": args.radiometric, "speckle_window": args.speckle_window,
+                 "denoise": args.denoise, "coregister_cell": args.coregister_cell}
     if any(v is not None for v in pre_flags.values()):
         sensor = base.get("sensor", "optical")
         pre = dict(base.get("preprocess") or DetectConfig(sensor=sensor).resolved_preprocess()
@@ -162,7 +164,14 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
                    help="pixels in the global fitting sample (default 1e6)")
     p.add_argument("--seed", type=int, help="seed of the global sample (default 0)")
     p.add_argument("--smoothing-sigma", type=float, dest="smoothing_sigma",
-                   help="Gaussian smoothing of both dates in pixels (sensor default)")
+                   help="spatial scale of the denoising of both dates in pixels (0 = off; "
+                        "sensor default)")
+    p.add_argument("--denoise", choices=DENOISERS, default=None,
+                   help="denoising filter: gaussian, median (keeps step edges) or bilateral "
+                        "(keeps edges above the fitted noise level); sensor default")
+    p.add_argument("--coregister-cell", type=int, dest="coregister_cell",
+                   help="cell side in px of the local co-registration grid (0 = one global "
+                        "shift; default 512)")
     p.add_argument("--log-transform", action=argparse.BooleanOptionalAction, default=None,
                    dest="log_transform", help="work on log values (default: on for sar)")
     p.add_argument("--speckle-window", type=int, dest="speckle_window",

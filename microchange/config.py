@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from microchange.denoise import Denoiser
 from microchange.scoring.thresholds import THRESHOLD_PATTERN, THRESHOLDS
 from microchange.speckle import check_window
 
@@ -93,8 +94,17 @@ class PreprocessConfig(BaseModel):
         ge=0.0,
         le=8.0,
         description=(
-            "Standard deviation in pixels of a mask-aware Gaussian filter applied to both dates "
-            "(0 = off). Suppresses noise and speckle; nodata never leaks into valid pixels."
+            "Spatial scale in pixels of the denoising filter applied to both dates (0 = off): "
+            "the Gaussian's standard deviation, the median window's radius (rounded up) or the "
+            "bilateral filter's spatial sigma. Nodata never leaks into valid pixels."
+        ),
+    )
+    denoise: Denoiser = Field(
+        "gaussian",
+        description=(
+            "Denoising filter: 'gaussian' (smooths everything), 'median' (removes outliers, keeps "
+            "step edges) or 'bilateral' (averages only neighbours within a few noise levels, "
+            "fitted on the global sample, so edges stay sharp)."
         ),
     )
 

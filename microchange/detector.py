@@ -16,11 +16,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from microchange.config import DetectConfig, PreprocessConfig
+from microchange.denoise import NoiseLevel
 from microchange.errors import UnknownMethodError
 from microchange.features.bands import BandFeatures
 from microchange.features.base import FeatureExtractor, FeatureSample
 from microchange.io.rasters import TileArrays
-from microchange.preprocess import LogTransform, preprocess_halo, preprocess_image
+from microchange.preprocess import LogTransform, log_transform, preprocess_halo, preprocess_image
 from microchange.radiometry import RadiometricNormaliser
 from microchange.scoring.base import Scorer
 from microchange.scoring.distance import CvaScorer
@@ -60,6 +61,7 @@ class Detector:
         self.radiometry = RadiometricNormaliser(preprocess.radiometric)
         self.speckle = SpeckleFilter(preprocess.speckle_window)
         self.log = LogTransform(preprocess.log_transform)
+        self.noise = NoiseLevel(preprocess.denoise == "bilateral" and preprocess.smoothing_sigma > 0)
 
     @property
     def halo(self) -> int:
@@ -73,12 +75,12 @@ class Detector:
     def _filter(self, before: NDArray[np.float32], after: NDArray[np.float32],
                 valid: NDArray[np.bool_], halo: int) -> FeatureSample:
         """Speckle filter, log transform and smoothing of both dates (AFTER already mapped)."""
-        offset = self.log.offset
+        offset, noise = self.log.offset, self.noise.level
         return FeatureSample(
             preprocess_image(self.speckle.apply(before, valid), valid, self.preprocess,
-                             log_offset=offset),
+                             log_offset=offset, noise=noise),
             preprocess_image(self.speckle.apply(after, valid), valid, self.preprocess,
-                             log_offset=offset),
+                             log_offset=offset, noise=noise),
             valid,
             halo,
         )
@@ -103,6 +105,11 @@ class Detector:
         mapped = [(s.before, self.radiometry.apply(s.after, s.valid), s.valid) for s in samples]
         self.speckle.fit(mapped)
         self.log.fit(mapped)  # medians: the speckle filter hardly moves them
+        if self.noise.enabled:  # the noise level of the values as they enter the denoiser
+            pre, off = self.preprocess, self.log.offset
+            self.noise.fit([(log_transform(self.speckle.apply(b, v), v, pre, log_offset=off),
+                             log_transform(self.speckle.apply(a, v), v, pre, log_offset=off), v)
+                            for b, a, v in mapped])
         prepared = [self._filter(b, a, v, s.halo)
                     for (b, a, v), s in zip(mapped, samples, strict=True)]
         del mapped
@@ -154,11 +161,13 @@ class Detector:
         speckle, log = self.speckle.cu2, self.log.offset
         return {"radiometry": self.radiometry.summary(),
                 "speckle_cu2": None if speckle is None else [float(v) for v in speckle],
-                "log_offset": None if log is None else [float(v) for v in log]}
+                "log_offset": None if log is None else [float(v) for v in log],
+                "noise_level": (None if self.noise.level is None
+                                else [float(v) for v in self.noise.level])}
 
     def _parts(self) -> tuple[tuple[str, Any], ...]:
         return (("radiometry", self.radiometry), ("speckle", self.speckle), ("log", self.log),
-                ("extractor", self.extractor), ("scorer", self.scorer))
+                ("noise", self.noise), ("extractor", self.extractor), ("scorer", self.scorer))
 
     def save(self, path: str | Path) -> None:
         """Write the fitted state to ``path`` (.npz, no pickle)."""

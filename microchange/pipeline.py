@@ -134,6 +134,8 @@ _COREG_MAX_CELLS = 4096
 def _prepared_block(pair: PairReader, pre: PreprocessConfig, r: int, c: int, h: int, w: int
                     ) -> tuple[Any, Any, Any]:
     arr = pair.read(r, r + h, c, c + w)
+    if pre.denoise == "bilateral":  # its noise level is fitted later: smooth alike for the shift
+        pre = pre.model_copy(update={"denoise": "gaussian"})
     return (preprocess_image(arr.before, arr.valid, pre),
             preprocess_image(arr.after, arr.valid, pre), arr.valid)
 

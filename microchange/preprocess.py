@@ -16,47 +16,15 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
 
 from microchange.config import PreprocessConfig
+from microchange.denoise import denoise, denoise_halo
 
-__all__ = ("LogTransform", "preprocess_halo", "preprocess_image", "smooth_masked")
-
-_TRUNCATE = 4.0
-
+__all__ = ("LogTransform", "log_transform", "preprocess_halo", "preprocess_image")
 
 def preprocess_halo(cfg: PreprocessConfig) -> int:
     """Context pixels the preprocessing needs on each side of a tile."""
-    speckle = cfg.speckle_window // 2
-    if cfg.smoothing_sigma <= 0:
-        return speckle
-    return speckle + int(_TRUNCATE * cfg.smoothing_sigma + 0.5)
-
-
-def smooth_masked(
-    image: NDArray[np.float32], valid: NDArray[np.bool_], sigma: float
-) -> NDArray[np.float32]:
-    """Gaussian smoothing that ignores invalid pixels (normalised convolution).
-
-    Each output is the Gaussian-weighted mean of the *valid* neighbours, so nodata never leaks
-    into valid pixels and no dark fringe appears along nodata edges.
-
-    Args:
-        image: (C, H, W) float32 values; values at invalid pixels are ignored.
-        valid: (H, W) bool validity mask.
-        sigma: Standard deviation in pixels (> 0).
-
-    Returns:
-        (C, H, W) float32 smoothed image; invalid pixels hold 0.
-    """
-    w = valid.astype(np.float32)
-    norm = ndimage.gaussian_filter(w, sigma, mode="mirror", truncate=_TRUNCATE)
-    out = np.empty_like(image)
-    for c in range(image.shape[0]):
-        out[c] = ndimage.gaussian_filter(image[c] * w, sigma, mode="mirror", truncate=_TRUNCATE)
-    np.divide(out, norm, out=out, where=norm > 1e-6)
-    out[:, ~valid] = 0.0
-    return out
+    return cfg.speckle_window // 2 + denoise_halo(cfg.denoise, cfg.smoothing_sigma)
 
 
 _LOG_FRACTION = 0.01
@@ -100,9 +68,25 @@ class LogTransform:
                        else None)
 
 
+def log_transform(
+    image: NDArray[np.float32], valid: NDArray[np.bool_], cfg: PreprocessConfig, *,
+    log_offset: NDArray[np.float32] | None = None,
+) -> NDArray[np.float32]:
+    """``log(x + c)`` per band when the config asks for it, else ``image`` itself."""
+    if not cfg.log_transform:
+        return image
+    x = np.maximum(image, 0.0, dtype=np.float32)
+    if log_offset is None or bool((log_offset == 1.0).all()):
+        return np.log1p(x).astype(np.float32, copy=False)
+    out = np.log(x + log_offset.astype(np.float32)[:, None, None]).astype(np.float32)
+    out[:, ~valid] = 0.0
+    return out
+
+
 def preprocess_image(
     image: NDArray[np.float32], valid: NDArray[np.bool_], cfg: PreprocessConfig, *,
     log_offset: NDArray[np.float32] | None = None,
+    noise: NDArray[np.float32] | None = None,
 ) -> NDArray[np.float32]:
     """Apply the configured preprocessing to one date of a tile.
 
@@ -112,18 +96,13 @@ def preprocess_image(
         cfg: Preprocessing options.
         log_offset: (C,) offsets ``c`` of ``log(x + c)`` (:class:`LogTransform`); None or all
             ones: ``log1p``.
+        noise: (C,) noise levels of the log-transformed bands, for the bilateral denoiser
+            (:class:`microchange.denoise.NoiseLevel`).
 
     Returns:
         (C, H, W) float32 prepared values (a new array; invalid pixels hold 0).
     """
-    out = image
-    if cfg.log_transform:
-        x = np.maximum(out, 0.0, dtype=np.float32)
-        if log_offset is None or bool((log_offset == 1.0).all()):
-            out = np.log1p(x).astype(np.float32, copy=False)
-        else:
-            out = np.log(x + log_offset.astype(np.float32)[:, None, None]).astype(np.float32)
-            out[:, ~valid] = 0.0
+    out = log_transform(image, valid, cfg, log_offset=log_offset)
     if cfg.smoothing_sigma > 0:
-        out = smooth_masked(out, valid, cfg.smoothing_sigma)
+        return denoise(out, valid, cfg.denoise, cfg.smoothing_sigma, noise=noise)
     return out if out is not image else image.copy()
