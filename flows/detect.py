@@ -36,7 +36,7 @@ def detect_changes(
     started = time.time()
     plan = plan_tiles(before, after, out, config)
     try:
-        fit_on_sample(plan)
+        fit_on_sample.submit(plan).result()  # on a Dask worker: the fit uses the cluster
         batches = tile_batches(plan, batch_size=4)
         scored = score_tiles.map(unmapped(plan), batches)
         scored.result()

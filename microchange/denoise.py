@@ -193,18 +193,30 @@ class NoiseLevel:
         self.enabled = enabled
         self.level: NDArray[np.float32] | None = None
 
+    @property
+    def needs_fit(self) -> bool:
+        """Whether :meth:`fit_parts` has anything to fit."""
+        return self.enabled
+
+    @staticmethod
+    def partial(before: NDArray[np.float32], after: NDArray[np.float32],
+                valid: NDArray[np.bool_]) -> NDArray[np.float32]:
+        """One block's share of the fit: (C, N) horizontal differences of valid neighbours."""
+        pair = valid[:, 1:] & valid[:, :-1]
+        return np.concatenate([(d[:, :, 1:] - d[:, :, :-1])[:, pair] for d in (before, after)],
+                              axis=1)
+
     def fit(self, samples: Sequence[tuple[NDArray[np.float32], NDArray[np.float32],
                                           NDArray[np.bool_]]]) -> None:
         """Fit from (before, after, valid) blocks, as they enter the denoiser."""
+        self.fit_parts([self.partial(*s) for s in samples] if self.needs_fit else [])
+
+    def fit_parts(self, parts: Sequence[NDArray[np.float32]]) -> None:
+        """Fit from the :meth:`partial` of every sample block."""
         self.level = None
-        if not self.enabled or not samples:
+        if not self.enabled or not parts:
             return
-        diffs = []
-        for b, a, v in samples:
-            pair = v[:, 1:] & v[:, :-1]
-            for d in (b, a):
-                diffs.append((d[:, :, 1:] - d[:, :, :-1])[:, pair])
-        values = np.concatenate(diffs, axis=1)
+        values = np.concatenate(parts, axis=1)
         if values.shape[1] == 0:
             return
         med = np.median(values, axis=1, keepdims=True)

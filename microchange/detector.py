@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from microchange.blocks import DaskBlocks, LocalBlocks, SampleBlocks
 from microchange.config import DetectConfig, PreprocessConfig
 from microchange.denoise import NoiseLevel
 from microchange.errors import UnknownMethodError
@@ -69,21 +71,8 @@ class Detector:
         return preprocess_halo(self.preprocess) + self.extractor.halo + self.scorer.halo
 
     def _prepare(self, tile: TileArrays) -> FeatureSample:
-        return self._filter(tile.before, self.radiometry.apply(tile.after, tile.valid),
-                            tile.valid, tile.halo)
-
-    def _filter(self, before: NDArray[np.float32], after: NDArray[np.float32],
-                valid: NDArray[np.bool_], halo: int) -> FeatureSample:
-        """Speckle filter, log transform and smoothing of both dates (AFTER already mapped)."""
-        offset, noise = self.log.offset, self.noise.level
-        return FeatureSample(
-            preprocess_image(self.speckle.apply(before, valid), valid, self.preprocess,
-                             log_offset=offset, noise=noise),
-            preprocess_image(self.speckle.apply(after, valid), valid, self.preprocess,
-                             log_offset=offset, noise=noise),
-            valid,
-            halo,
-        )
+        return _prepare_block(self.speckle, self.log.offset, self.noise.level, self.preprocess,
+                              _map_after(self.radiometry, tile))
 
     def _extract(self, prepared: Sequence[FeatureSample]) -> list[FeatureSample]:
         """Features of prepared blocks, in one batched call where the extractor offers one."""
@@ -92,26 +81,41 @@ class Detector:
             return list(batch_fn(prepared))
         return [self.extractor.extract(p) for p in prepared]
 
-    def fit(self, samples: Sequence[TileArrays]) -> NDArray[np.float32]:
-        """Fit the radiometric mapping, the extractor and the scorer on sample blocks.
+    def fit(self, samples: Sequence[TileArrays] | SampleBlocks[TileArrays]
+            ) -> NDArray[np.float32]:
+        """Fit the preprocessing statistics, the extractor and the scorer on sample blocks.
+
+        The statistics (radiometric mapping, speckle level, log offset, noise level) are each a
+        reduction over the blocks, wherever they are held (:mod:`microchange.blocks`); the
+        extractor and the scorer are fitted here on the prepared blocks.
 
         Args:
-            samples: Blocks (core + halo of at least :attr:`halo`) spread over the raster.
+            samples: Blocks (core + halo of at least :attr:`halo`) spread over the raster: a
+                sequence, or :class:`~microchange.blocks.LocalBlocks` /
+                :class:`~microchange.blocks.DaskBlocks`.
 
         Returns:
             1-D float32 scores of the valid core pixels of all samples (to fit a threshold).
         """
-        self.radiometry.fit([(s.before, s.after, s.valid) for s in samples])
-        mapped = [(s.before, self.radiometry.apply(s.after, s.valid), s.valid) for s in samples]
-        self.speckle.fit(mapped)
-        self.log.fit(mapped)  # medians: the speckle filter hardly moves them
-        if self.noise.enabled:  # the noise level of the values as they enter the denoiser
-            pre, off = self.preprocess, self.log.offset
-            self.noise.fit([(log_transform(self.speckle.apply(b, v), v, pre, log_offset=off),
-                             log_transform(self.speckle.apply(a, v), v, pre, log_offset=off), v)
-                            for b, a, v in mapped])
-        prepared = [self._filter(b, a, v, s.halo)
-                    for (b, a, v), s in zip(mapped, samples, strict=True)]
+        blocks = samples if isinstance(samples, LocalBlocks | DaskBlocks) else LocalBlocks(samples)
+        if self.radiometry.needs_fit:
+            blocks.reduce(partial(_on_arrays, self.radiometry.partial), self.radiometry.fit_parts)
+        else:
+            self.radiometry.fit_parts([])
+        mapped = blocks.map(partial(_map_after, self.radiometry))
+        del blocks, samples
+        for stat in (self.speckle, self.log):
+            if stat.needs_fit:
+                mapped.reduce(partial(_on_arrays, stat.partial), stat.fit_parts)
+            else:
+                stat.fit_parts([])
+        if self.noise.needs_fit:  # the noise level of the values as they enter the denoiser
+            mapped.reduce(partial(_noise_part, self.speckle, self.log.offset, self.preprocess),
+                          self.noise.fit_parts)
+        else:
+            self.noise.fit_parts([])
+        prepared = mapped.map(partial(_prepare_block, self.speckle, self.log.offset,
+                                      self.noise.level, self.preprocess)).collect()
         del mapped
         self.extractor.fit(prepared)
         features = self._extract(prepared)
@@ -122,6 +126,8 @@ class Detector:
             s = crop_core(self.scorer.score(f), f.halo)
             v = crop_core(f.valid, f.halo)
             scores.append(s[v])
+        if not scores:
+            return np.zeros(0, np.float32)
         return np.concatenate(scores).astype(np.float32, copy=False)
 
     def score(self, tile: TileArrays) -> NDArray[np.float32]:
@@ -187,6 +193,42 @@ class Detector:
                 part.load_state(
                     {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(prefix + "/")}
                 )
+
+
+def _on_arrays(fn: Callable[[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]], Any],
+               tile: TileArrays) -> Any:
+    """``fn(before, after, valid)`` of a block (a per-block partial statistic)."""
+    return fn(tile.before, tile.after, tile.valid)
+
+
+def _map_after(radiometry: RadiometricNormaliser, tile: TileArrays) -> TileArrays:
+    """The block with AFTER mapped onto BEFORE's radiometry."""
+    return TileArrays(tile.before, radiometry.apply(tile.after, tile.valid), tile.valid,
+                      tile.halo)
+
+
+def _noise_part(speckle: SpeckleFilter, log_offset: NDArray[np.float32] | None,
+                pre: PreprocessConfig, tile: TileArrays) -> NDArray[np.float32]:
+    """A block's share of the noise-level fit, on the values as they enter the denoiser."""
+    b, a, v = tile.before, tile.after, tile.valid
+    return NoiseLevel.partial(log_transform(speckle.apply(b, v), v, pre, log_offset=log_offset),
+                              log_transform(speckle.apply(a, v), v, pre, log_offset=log_offset),
+                              v)
+
+
+def _prepare_block(speckle: SpeckleFilter, log_offset: NDArray[np.float32] | None,
+                   noise: NDArray[np.float32] | None, pre: PreprocessConfig,
+                   tile: TileArrays) -> FeatureSample:
+    """Speckle filter, log transform and denoising of both dates (AFTER already mapped)."""
+    v = tile.valid
+    return FeatureSample(
+        preprocess_image(speckle.apply(tile.before, v), v, pre, log_offset=log_offset,
+                         noise=noise),
+        preprocess_image(speckle.apply(tile.after, v), v, pre, log_offset=log_offset,
+                         noise=noise),
+        v,
+        tile.halo,
+    )
 
 
 def _cva(config: DetectConfig) -> Detector:

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import shapely
 
+from microchange.blocks import DaskBlocks, LocalBlocks, SampleBlocks
 from microchange.config import DetectConfig, PreprocessConfig
 from microchange.coregistration import (
     ShiftField,
@@ -315,11 +317,25 @@ def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: Det
     return str(path)
 
 
-def fit_detection(plan_path: PathLike) -> str:
+def _read_blocks(plan_path: str, blocks: list[Tile]) -> list[TileArrays]:
+    """Read a run of sample blocks (one reader for all), dropping those without a valid pixel."""
+    out = []
+    with _Plan(plan_path).reader() as pair:
+        for block in blocks:
+            arrays = pair.read_tile(block)
+            if arrays.valid.any():
+                out.append(arrays)
+    return out
+
+
+def fit_detection(plan_path: PathLike, *, client: Any = None) -> str:
     """Stage 2: fit the detector and the threshold on a sample spread over the whole raster.
 
     Args:
         plan_path: Path returned by :func:`plan_detection`.
+        client: A ``distributed.Client``: the sample blocks are read, reduced to the
+            preprocessing statistics and prepared on its cluster (:mod:`microchange.blocks`);
+            None does it all in this process. The result is the same.
 
     Returns:
         Path of the fitted detector state (``model.npz``); the threshold is in ``fit.json``.
@@ -333,13 +349,15 @@ def fit_detection(plan_path: PathLike) -> str:
     detector = build_detector(cfg)
     blocks = sample_blocks(plan.grid.height, plan.grid.width, halo=detector.halo,
                            n_pixels=cfg.sample_pixels, seed=cfg.seed)
-    samples: list[TileArrays] = []
-    with plan.reader() as pair:
-        for block in blocks:
-            arrays = pair.read_tile(block)
-            if arrays.valid.any():
-                samples.append(arrays)
-    if not samples:
+    samples: SampleBlocks[TileArrays]
+    if client is None:
+        samples = LocalBlocks(_read_blocks(str(plan.path), blocks))
+        where = "local"
+    else:
+        samples = DaskBlocks.load(blocks, partial(_read_blocks, str(plan.path)), client)
+        n = len(client.nthreads())
+        where = f"dask ({n} worker{'' if n == 1 else 's'})"
+    if not len(samples):
         raise NoOverlapError(
             f"no valid pixel in {plan.doc['before']!r} and {plan.doc['after']!r} where both "
             "overlap: check nodata values and footprints"
@@ -353,7 +371,7 @@ def fit_detection(plan_path: PathLike) -> str:
     write_json_atomic(plan.staging / "fit.json", {
         "threshold": {"method": threshold.method, "value": threshold.value,
                       "n_sample": threshold.n_sample, "detail": threshold.detail},
-        "sample": {"blocks": len(blocks), "pixels": int(scores.size),
+        "sample": {"blocks": len(blocks), "pixels": int(scores.size), "fitted_on": where,
                    "score_quantiles": dict(zip(["p50", "p90", "p99", "p99.9"],
                                                [float(v) for v in q], strict=True))},
         "fitted_preprocess": detector.fitted_preprocess(),

@@ -41,6 +41,17 @@ class LogTransform:
         self.enabled = enabled
         self.offset: NDArray[np.float32] | None = None
 
+    @property
+    def needs_fit(self) -> bool:
+        """Whether :meth:`fit_parts` has anything to fit."""
+        return self.enabled
+
+    @staticmethod
+    def partial(before: NDArray[np.float32], after: NDArray[np.float32],
+                valid: NDArray[np.bool_]) -> NDArray[np.float32]:
+        """One block's share of the fit: (C, 2N) valid values of both dates."""
+        return np.concatenate([before[:, valid], after[:, valid]], axis=1)
+
     def fit(self, samples: Sequence[tuple[NDArray[np.float32], NDArray[np.float32],
                                           NDArray[np.bool_]]]) -> None:
         """Fit ``c`` per band from the valid values of both dates of the sample blocks.
@@ -48,10 +59,14 @@ class LogTransform:
         Args:
             samples: (before, after, valid) per block: (C, H, W) float32 values, (H, W) mask.
         """
+        self.fit_parts([self.partial(*s) for s in samples] if self.needs_fit else [])
+
+    def fit_parts(self, parts: Sequence[NDArray[np.float32]]) -> None:
+        """Fit ``c`` from the :meth:`partial` of every sample block."""
         self.offset = None
-        if not self.enabled or not samples:
+        if not self.enabled or not parts:
             return
-        values = np.concatenate([d[:, v] for b, a, v in samples for d in (b, a)], axis=1)
+        values = np.concatenate(parts, axis=1)
         if values.shape[1] == 0:
             return
         median = np.median(np.maximum(values, 0.0), axis=1)

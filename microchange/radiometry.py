@@ -54,13 +54,11 @@ _PIF_QUANTILE = 0.99
 _MAD_SCALE = 1.4826
 
 
-def _pooled(samples: Sequence[tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]],
+def _pooled(parts: Sequence[tuple[NDArray[np.float32], NDArray[np.float32]]],
             max_pixels: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """(C, N) float64 BEFORE and AFTER values of the valid sample pixels, evenly thinned."""
-    bs, as_ = [], []
-    for before, after, valid in samples:
-        bs.append(before[:, valid])
-        as_.append(after[:, valid])
+    bs = [b for b, _ in parts]
+    as_ = [a for _, a in parts]
     b = np.concatenate(bs, axis=1) if bs else np.zeros((0, 0))
     a = np.concatenate(as_, axis=1) if as_ else np.zeros((0, 0))
     n = b.shape[1]
@@ -186,6 +184,17 @@ class RadiometricNormaliser:
         x = np.array([0.0, 1.0])  # two knots: the line y = offset + gain * x
         return x, offset + gain * x
 
+    @property
+    def needs_fit(self) -> bool:
+        """Whether :meth:`fit_parts` has anything to fit."""
+        return self.method != "none"
+
+    @staticmethod
+    def partial(before: NDArray[np.float32], after: NDArray[np.float32],
+                valid: NDArray[np.bool_]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """One block's share of the fit: the (C, N) valid values of both dates."""
+        return before[:, valid], after[:, valid]
+
     def fit(self, samples: Sequence[tuple[NDArray[np.float32], NDArray[np.float32],
                                           NDArray[np.bool_]]]) -> None:
         """Fit the mapping on sample blocks spread over the whole raster.
@@ -194,10 +203,15 @@ class RadiometricNormaliser:
             samples: (before, after, valid) per block: (C, H, W) float32 values as read and the
                 (H, W) bool validity mask.
         """
+        self.fit_parts([self.partial(*s) for s in samples] if self.needs_fit else [])
+
+    def fit_parts(self, parts: Sequence[tuple[NDArray[np.float32], NDArray[np.float32]]]
+                  ) -> None:
+        """Fit the mapping from the :meth:`partial` of every sample block, in block order."""
         self._set_knots([], [])
         if self.method == "none":
             return
-        b, a = _pooled(samples, self.max_pixels)
+        b, a = _pooled(parts, self.max_pixels)
         n_bands, n = b.shape
         self.n_pixels = self.n_pif = n
         if n < 2:

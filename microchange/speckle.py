@@ -112,6 +112,30 @@ class SpeckleFilter:
         """Context pixels the filter needs on each side of a tile."""
         return self.window // 2
 
+    @property
+    def needs_fit(self) -> bool:
+        """Whether :meth:`fit_parts` has anything to fit."""
+        return bool(self.window)
+
+    def partial(self, before: NDArray[np.float32], after: NDArray[np.float32],
+                valid: NDArray[np.bool_]) -> list[NDArray[np.float64]]:
+        """One block's share of the fit: local ``var / mean^2`` of both dates.
+
+        Returns:
+            Two (C, N) arrays, NaN where the window is not all valid (none: no full window).
+        """
+        win = max(self.window, _FIT_WINDOW)
+        full = valid & (ndimage.minimum_filter(valid.astype(np.uint8), win, mode="constant") > 0)
+        if not full.any():
+            return []
+        ratios = []
+        for image in (before, after):
+            mean, var, _ = local_stats(np.maximum(image, 0.0), valid, win)
+            ok = full[None] & (mean > 0)
+            r = np.where(ok, var / np.where(ok, mean * mean, 1.0), np.nan)
+            ratios.append(r.reshape(r.shape[0], -1))
+        return ratios
+
     def fit(self, samples: Sequence[tuple[NDArray[np.float32], NDArray[np.float32],
                                           NDArray[np.bool_]]]) -> None:
         """Fit ``Cu^2`` per band on homogeneous windows of both dates of the sample blocks.
@@ -119,22 +143,13 @@ class SpeckleFilter:
         Args:
             samples: (before, after, valid) per block: (C, H, W) float32 values, (H, W) mask.
         """
+        self.fit_parts([self.partial(*s) for s in samples] if self.needs_fit else [])
+
+    def fit_parts(self, parts: Sequence[list[NDArray[np.float64]]]) -> None:
+        """Fit ``Cu^2`` from the :meth:`partial` of every sample block."""
         self.cu2 = None
-        if not self.window or not samples:
-            return
-        ratios: list[NDArray[np.float64]] = []
-        win = max(self.window, _FIT_WINDOW)
-        for before, after, valid in samples:
-            full = valid & (ndimage.minimum_filter(valid.astype(np.uint8), win,
-                                                   mode="constant") > 0)
-            if not full.any():
-                continue
-            for image in (before, after):
-                mean, var, _ = local_stats(np.maximum(image, 0.0), valid, win)
-                ok = full[None] & (mean > 0)
-                r = np.where(ok, var / np.where(ok, mean * mean, 1.0), np.nan)
-                ratios.append(r.reshape(r.shape[0], -1))
-        if not ratios:
+        ratios = [r for part in parts for r in part]
+        if not self.window or not ratios:
             return
         r = np.concatenate(ratios, axis=1)
         cu2 = []

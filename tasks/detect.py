@@ -7,6 +7,7 @@ from typing import Any
 from prefect import task
 
 from microchange import pipeline
+from microchange.blocks import cluster_client
 from microchange.config import DetectConfig
 
 
@@ -18,8 +19,12 @@ def plan_tiles(before: str, after: str, out: str, config: DetectConfig) -> str:
 
 @task(name="fit-on-sample")
 def fit_on_sample(plan: str) -> str:
-    """Fit detector and threshold on the global sample. See pipeline.fit_detection."""
-    return pipeline.fit_detection(plan)
+    """Fit detector and threshold on the global sample. See pipeline.fit_detection.
+
+    On a Dask task runner the sample is read and reduced on the whole cluster.
+    """
+    with cluster_client() as client:
+        return pipeline.fit_detection(plan, client=client)
 
 
 @task(name="score-tiles", retries=1, retry_delay_seconds=2)

@@ -1,5 +1,7 @@
 """The detect-changes flow with tile batches on Dask gives the same outputs as the CLI path."""
 
+import json
+
 import numpy as np
 import rasterio
 
@@ -31,9 +33,17 @@ def test_local_cluster_and_existing_scheduler(prefect_harness, planted_pair, tmp
                     config=config)
     assert summary["counts"]["tiles"] == 30
     _same_outputs(tmp_path / "plain", tmp_path / "local")
+    # the global sample was read and reduced on the cluster, to the same fit as in-process
+    plain, local = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("plain", "local"))
+    assert plain["sample"]["fitted_on"] == "local"
+    assert local["sample"]["fitted_on"] == "dask (2 workers)"
+    assert local["threshold"] == plain["threshold"]
+    assert local["fitted_preprocess"] == plain["fitted_preprocess"]
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster:
         remote = detect_changes_on_dask(address=cluster.scheduler_address)
         remote(before=str(before), after=str(after), out=str(tmp_path / "remote"), config=config)
     _same_outputs(tmp_path / "plain", tmp_path / "remote")
+    doc = json.loads((tmp_path / "remote" / "run.json").read_text())
+    assert doc["sample"]["fitted_on"] == "dask (1 worker)"  # one worker: no deadlock

@@ -1,0 +1,128 @@
+"""Where the per-block work of the fit stage runs: in this process, or on a Dask cluster.
+
+The fit stage reads the global sample (blocks from all over the raster), fits each preprocessing
+statistic from per-block partial results, and prepares every block for the feature extractor.
+Each statistic is a reduction: a map over the blocks (``partial``, e.g. the valid values or the
+local speckle ratios of one block) and a combine of the small parts in block order on the caller
+(``fit_parts``, e.g. a median).
+
+:class:`LocalBlocks` runs the maps in the calling process (the CLI). :class:`DaskBlocks` runs them
+on a ``distributed`` cluster, a LocalCluster or an existing scheduler alike: the blocks are read
+by the workers and stay in their memory between steps; only the partial statistics and, at the
+end, the prepared blocks travel back. Both call the same functions in the same order, so the fit
+is the same either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ("DaskBlocks", "LocalBlocks", "SampleBlocks", "cluster_client")
+
+T = TypeVar("T")
+U = TypeVar("U")
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+class LocalBlocks(Generic[T]):
+    """Blocks held in this process.
+
+    Args:
+        items: The blocks, in order.
+    """
+
+    def __init__(self, items: Sequence[T]) -> None:
+        self.items = list(items)
+
+    def map(self, fn: Callable[[T], U]) -> LocalBlocks[U]:
+        """Apply ``fn`` to every block."""
+        return LocalBlocks([fn(x) for x in self.items])
+
+    def reduce(self, partial: Callable[[T], P], combine: Callable[[list[P]], R]) -> R:
+        """``combine`` (here) of ``partial`` of every block, in block order."""
+        return combine([partial(x) for x in self.items])
+
+    def collect(self) -> list[T]:
+        """The blocks as a list, in order."""
+        return list(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class DaskBlocks(Generic[T]):
+    """Blocks held in the memory of a Dask cluster's workers (a persisted ``dask.bag``).
+
+    Args:
+        bag: The blocks, persisted on the cluster.
+        client: Client of the cluster.
+    """
+
+    def __init__(self, bag: Any, client: Any) -> None:
+        self.bag = bag
+        self.client = client
+
+    @classmethod
+    def load(cls, sources: Sequence[Any], load: Callable[[list[Any]], list[T]], client: Any,
+             *, partitions: int | None = None) -> DaskBlocks[T]:
+        """Load blocks on the workers: ``load`` turns a run of ``sources`` into blocks.
+
+        Args:
+            sources: What each block is made from (e.g. a window to read), in order.
+            load: Called on a worker with a consecutive run of ``sources``; returns their blocks
+                (it may drop some, e.g. blocks without a valid pixel).
+            client: Client of the cluster.
+            partitions: Runs of sources (default: 4 per worker thread, at most one per source).
+        """
+        import dask.bag as db
+
+        if partitions is None:
+            threads = sum(client.nthreads().values()) or 1
+            partitions = 4 * threads
+        partitions = max(1, min(partitions, len(sources)))
+        bag = db.from_sequence(  # type: ignore[no-untyped-call]
+            list(sources), npartitions=partitions).map_partitions(load)
+        return cls(client.persist(bag), client)
+
+    def map(self, fn: Callable[[T], U]) -> DaskBlocks[U]:
+        """Apply ``fn`` to every block on the workers; the result stays there."""
+        return DaskBlocks(self.client.persist(self.bag.map(fn)), self.client)
+
+    def reduce(self, partial: Callable[[T], P], combine: Callable[[list[P]], R]) -> R:
+        """``partial`` of every block on the workers, then ``combine`` here, in block order."""
+        return combine(self.client.compute(self.bag.map(partial)).result())
+
+    def collect(self) -> list[T]:
+        """Bring the blocks here, in order."""
+        return list(self.client.compute(self.bag).result())
+
+    def __len__(self) -> int:
+        return int(self.client.compute(self.bag.count()).result())
+
+
+SampleBlocks = LocalBlocks[T] | DaskBlocks[T]
+"""Blocks of the global sample, wherever they are held."""
+
+
+@contextmanager
+def cluster_client() -> Iterator[Client | None]:
+    """A client of the Dask cluster when this code runs inside one of its workers, else None.
+
+    The worker's thread leaves its pool while the client is open (``distributed.worker_client``),
+    so work submitted from a task cannot deadlock a cluster with one thread per worker.
+    """
+    try:
+        from distributed import get_worker, worker_client
+
+        get_worker()
+    except (ImportError, ValueError):
+        yield None
+        return
+    with worker_client() as client:
+        yield client
