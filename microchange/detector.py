@@ -271,13 +271,13 @@ METHODS: dict[str, Callable[[DetectConfig], Detector]] = {
 
 
 def _scorer_factories() -> dict[str, Callable[[DetectConfig], tuple[Scorer, str]]]:
-    from microchange.scoring.density import DensityScorer
+    from microchange.scoring.density import DENSITY_THRESHOLD, DensityScorer
     from microchange.scoring.distance import MahalanobisScorer
 
     return {
         "distance": lambda c: (CvaScorer(), "auto"),
         "mahalanobis": lambda c: (MahalanobisScorer(seed=c.seed), "auto"),
-        "density": lambda c: (DensityScorer(seed=c.seed), "auto"),
+        "density": lambda c: (DensityScorer(seed=c.seed), DENSITY_THRESHOLD),
         "cluster": lambda c: (PcaKMeansScorer(seed=c.seed), "value:0"),
     }
 

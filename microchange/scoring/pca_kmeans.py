@@ -18,9 +18,23 @@ and k-means clustering", IEEE GRSL 6(4), 2009. The method, as implemented here:
    projected subsample. The *changed* cluster is the one whose centroid, mapped back to the
    ``h x h`` neighbourhood, has the larger mean difference magnitude.
 
-The score is the signed margin ``||p - c_unchanged|| - ||p - c_changed||`` of the projected
-vector ``p``: > 0 where the pixel is nearer the changed centroid, so the threshold ``value:0`` is
-exactly the k-means assignment, and larger values mean more confidently changed. Invalid pixels
+The cluster margin is ``||p - c_unchanged|| - ||p - c_changed||`` of the projected vector ``p``:
+> 0 where the pixel is nearer the changed centroid, and larger values mean more confidently
+changed.
+
+5. **Evidence of change.** k-means with k = 2 always splits the sample in two, also when nothing
+   changed (it then splits the noise: Celik's assignment marks ~44 % of a no-change pair). The
+   split is tested as ``--threshold auto`` tests Otsu: the share of the sample whose
+   neighbourhood mean difference lies above the midpoint of the two centroids' levels is compared
+   with the share a robust no-change null model of that mean predicts
+   (:func:`~microchange.scoring.thresholds.null_survival`, fitted on the bulk). With at least
+   1.5 times the null's share the clusters are trusted as they are. Otherwise the split has no
+   evidence of change and a pixel of the changed cluster also needs a significant difference of
+   its own: its magnitude ``d`` above the upper ``significance`` quantile (default 1e-4) of the
+   no-change null of ``d`` (:func:`~microchange.scoring.thresholds.fpr_threshold`). The score is
+   then ``min(margin, d - bound)``, still > 0 exactly where the pixel is changed, so the
+   threshold ``value:0`` needs no tuning and a pair without change gives (almost) no changed
+   pixel. ``significance=None`` always gives Celik's plain assignment. Invalid pixels
 hold 0 in the features, hence ``d = 0`` there: they count as "no difference" in the neighbourhood
 of valid pixels.
 
@@ -50,6 +64,26 @@ def difference_magnitude(block: FeatureSample) -> NDArray[np.float64]:
     return np.sqrt(np.einsum("fhw,fhw->hw", diff, diff))  # type: ignore[no-any-return]
 
 
+def _no_evidence_bound(x: NDArray[np.float64], levels: NDArray[np.float64],
+                       significance: float) -> float | None:
+    """The null bound of ``d`` when the 2-means split shows no evidence of change, else None.
+
+    Args:
+        x: (n, h*h) neighbourhood vectors of ``d`` from the global sample.
+        levels: Mean ``d`` of the (unchanged, changed) centroids' neighbourhoods.
+        significance: False-alarm rate of the bound.
+    """
+    from microchange.scoring.thresholds import AUTO_EVIDENCE, fpr_threshold, null_survival
+
+    mean = x.mean(axis=1)
+    boundary = float(levels.mean())
+    observed = float((mean > boundary).mean())
+    null = null_survival(mean, boundary)
+    if null is None or observed >= AUTO_EVIDENCE * null:
+        return None
+    return fpr_threshold(x[:, x.shape[1] // 2], significance)
+
+
 class PcaKMeansScorer:
     """Celik's PCA-KMeans change score (see the module docstring).
 
@@ -57,6 +91,9 @@ class PcaKMeansScorer:
         block: Side ``h`` of the square neighbourhood, odd, >= 1 (halo ``h // 2``).
         components: Principal components kept, in [1, h * h].
         seed: Seed of the fitting subsample, the PCA solver and k-means.
+        significance: False-alarm rate of the no-change null model that a pixel's difference
+            must exceed when the k-means split shows no evidence of change (None: no check,
+            Celik's plain k-means assignment).
         fit_pixels: Most neighbourhood vectors drawn from the global sample to fit PCA and
             k-means (bounds the fit's memory and time), >= 100.
 
@@ -67,7 +104,8 @@ class PcaKMeansScorer:
     name = "pca-kmeans"
 
     def __init__(
-        self, block: int = 5, components: int = 3, seed: int = 0, *, fit_pixels: int = 200_000
+        self, block: int = 5, components: int = 3, seed: int = 0, *,
+        significance: float | None = 1e-4, fit_pixels: int = 200_000,
     ) -> None:
         if block < 1 or block % 2 == 0:
             raise ValueError(f"invalid block {block!r}: the neighbourhood side must be odd, >= 1")
@@ -76,12 +114,16 @@ class PcaKMeansScorer:
                 f"invalid components {components!r}: must be in [1, {block * block}] for "
                 f"block={block}"
             )
+        if significance is not None and not 0 < significance < 0.5:
+            raise ValueError(f"invalid significance {significance!r}: a rate in (0, 0.5)")
         if fit_pixels < 100:
             raise ValueError(f"invalid fit_pixels {fit_pixels!r}: must be >= 100")
         self.block = block
         self.components = components
         self.seed = seed
         self.fit_pixels = fit_pixels
+        self.significance = significance
+        self._bound: float | None = None  # null bound of d, when the split has no evidence
         self._mean: NDArray[np.float64] | None = None  # (h*h,)
         self._axes: NDArray[np.float64] | None = None  # (S, h*h)
         self._centroids: NDArray[np.float64] | None = None  # (2, S): unchanged, changed
@@ -153,10 +195,17 @@ class PcaKMeansScorer:
         self._axes = np.asarray(pca.components_, dtype=np.float64)
         self._centroids = centres[order]
         self._explained = np.asarray(pca.explained_variance_ratio_, dtype=np.float64)
+        self._bound = None
+        if self.significance is not None:
+            self._bound = _no_evidence_bound(x, level[order], self.significance)
 
     # -- scoring -----------------------------------------------------------------------------
     def project(self, block: FeatureSample) -> NDArray[np.float64]:
         """(S, H, W) principal-component coordinates of every pixel's neighbourhood vector."""
+        return self._project(block)[0]
+
+    def _project(self, block: FeatureSample) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Principal-component coordinates of every pixel's neighbourhood, and (H, W) ``d``."""
         if self._mean is None or self._axes is None:
             raise RuntimeError("PcaKMeansScorer used before fit/load_state")
         d = difference_magnitude(block)
@@ -173,20 +222,27 @@ class PcaKMeansScorer:
                     np.multiply(shifted, axes[k, i * h + j], out=tmp)
                     proj[k] += tmp
         proj -= (axes @ self._mean)[:, None, None]
-        return proj
+        return proj, d
 
     def score(self, block: FeatureSample) -> NDArray[np.float32]:
-        """(H, W) float32 ``||p - c_unchanged|| - ||p - c_changed||`` (> 0: changed cluster)."""
+        """(H, W) float32 score, > 0 where the pixel is changed.
+
+        The margin ``||p - c_unchanged|| - ||p - c_changed||``, or ``min(margin, d - bound)`` when
+        the split showed no evidence of change.
+        """
         if self._centroids is None:
             raise RuntimeError("PcaKMeansScorer.score called before fit/load_state")
-        proj = self.project(block)
+        proj, d = self._project(block)
         dist = []
         for c in self._centroids:
             sq = np.zeros(proj.shape[1:], dtype=np.float64)
             for k in range(proj.shape[0]):
                 sq += (proj[k] - c[k]) ** 2
             dist.append(np.sqrt(sq))
-        return (dist[0] - dist[1]).astype(np.float32)
+        margin = dist[0] - dist[1]
+        if self._bound is not None:
+            np.minimum(margin, d - self._bound, out=margin)
+        return margin.astype(np.float32)
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> State:
@@ -194,13 +250,16 @@ class PcaKMeansScorer:
         if (self._mean is None or self._axes is None or self._centroids is None
                 or self._explained is None):
             return {}
-        return {
+        state: State = {
             "block": np.array(self.block, dtype=np.int64),
             "mean": self._mean,
             "components": self._axes,
             "centroids": self._centroids,
             "explained_variance_ratio": self._explained,
         }
+        if self._bound is not None:
+            state["significance_bound"] = np.array(self._bound, dtype=np.float64)
+        return state
 
     def load_state(self, state: State) -> None:
         """Restore parameters saved by :meth:`state`.
@@ -218,3 +277,5 @@ class PcaKMeansScorer:
         self._axes = np.asarray(state["components"], dtype=np.float64)
         self._centroids = np.asarray(state["centroids"], dtype=np.float64)
         self._explained = np.asarray(state["explained_variance_ratio"], dtype=np.float64)
+        self._bound = (float(state["significance_bound"]) if "significance_bound" in state
+                       else None)

@@ -40,6 +40,7 @@ __all__ = (
     "fpr_threshold",
     "kittler_illingworth_threshold",
     "kmeans_threshold",
+    "null_survival",
     "otsu_threshold",
 )
 
@@ -206,7 +207,7 @@ def _gamma_null(v: NDArray[np.float64]) -> tuple[float, float] | None:
     return shape, float(q50 / float(gamma.median(shape)))
 
 
-def _null_survival(v: NDArray[np.float64], t: float) -> float | None:
+def null_survival(v: NDArray[np.float64], t: float) -> float | None:
     """Share of no-change scores above ``t`` under the fitted null (None if it cannot be fitted)."""
     from scipy.stats import gamma, norm
 
@@ -267,7 +268,7 @@ def auto_threshold(values: NDArray[np.floating]) -> tuple[float, dict[str, Any]]
     v = _finite(values)
     otsu = otsu_threshold(v)
     observed = float((v > otsu).mean())
-    null = _null_survival(v, otsu)
+    null = null_survival(v, otsu)
     detail: dict[str, Any] = {"otsu": otsu, "share_above_otsu": observed,
                               "null_share_above_otsu": null}
     if null is None or observed >= AUTO_EVIDENCE * null:

@@ -48,13 +48,20 @@ def test_same_image_twice(quiet_scene, tmp_path, sensor) -> None:
     assert s["counts"]["changed_fraction"] < 0.001
 
 
-def test_optical_radiometric_nuisance_only(quiet_scene, tmp_path) -> None:
+# every scorer on the band features, with its own default threshold
+SCORED = [("cva", None), ("pca-kmeans", None), ("cva", "mahalanobis"), ("cva", "density")]
+
+
+@pytest.mark.parametrize(("method", "scorer"), SCORED)
+def test_optical_radiometric_nuisance_only(quiet_scene, tmp_path, method, scorer) -> None:
     _, nuisance = quiet_scene
-    s = run_detection(nuisance["before"], nuisance["after"], tmp_path / "o", DetectConfig())
+    s = run_detection(nuisance["before"], nuisance["after"], tmp_path / "o",
+                      DetectConfig(method=method, scorer=scorer))
     assert s["counts"]["changed_fraction"] < 0.001, s["threshold"]
 
 
-def test_sar_speckle_and_calibration_only(quiet_sar, tmp_path) -> None:
+@pytest.mark.parametrize(("method", "scorer"), SCORED)
+def test_sar_speckle_and_calibration_only(quiet_sar, tmp_path, method, scorer) -> None:
     s = run_detection(quiet_sar["before"], quiet_sar["after"], tmp_path / "o",
-                      DetectConfig(sensor="sar"))
+                      DetectConfig(sensor="sar", method=method, scorer=scorer))
     assert s["counts"]["changed_fraction"] < 0.001, s["threshold"]

@@ -23,23 +23,47 @@ def scenes(tmp_path_factory):
             write_scene(quiet, root / "quiet", dtype="float32", scale=1.0))
 
 
-@pytest.mark.parametrize(("scorer", "floor"), [("distance", 0.6), ("mahalanobis", 0.6),
-                                                ("density", 0.4), ("cluster", 0.3)])
-def test_each_scorer_finds_planted_changes(scenes, tmp_path, scorer, floor) -> None:
+@pytest.mark.parametrize(("scorer", "threshold", "floor"), [
+    ("distance", "fpr:0.0001", 0.6), ("mahalanobis", "fpr:0.0001", 0.6),
+    ("density", "fpr:0.0001", 0.4), ("density", None, 0.35), ("cluster", None, 0.3)])
+def test_each_scorer_finds_planted_changes(scenes, tmp_path, scorer, threshold, floor) -> None:
     paths, _ = scenes
-    threshold = None if scorer == "cluster" else "fpr:0.0001"
     run_detection(paths["before"], paths["after"], tmp_path / "o",
                   DetectConfig(scorer=scorer, threshold=threshold, tile_size=64))
     m = evaluate_mask(tmp_path / "o" / "change_mask.tif", paths["truth"], changed_values=(1,))
     assert m["f1"] >= floor, m
 
 
-@pytest.mark.parametrize("scorer", ["distance", "mahalanobis"])
-def test_no_change_pair_is_quiet_with_the_false_alarm_threshold(scenes, tmp_path, scorer) -> None:
+@pytest.mark.parametrize(("scorer", "threshold"), [
+    ("distance", "fpr:0.0001"), ("mahalanobis", "fpr:0.0001"), ("density", None),
+    ("cluster", None), ("distance", "auto")])
+def test_no_change_pair_is_quiet_with_the_false_alarm_threshold(scenes, tmp_path, scorer,
+                                                                threshold) -> None:
     _, paths = scenes
     s = run_detection(paths["before"], paths["after"], tmp_path / "o",
-                      DetectConfig(scorer=scorer, threshold="fpr:0.0001", tile_size=64))
+                      DetectConfig(scorer=scorer, threshold=threshold, tile_size=64))
     assert s["counts"]["changed_fraction"] < 0.001
+
+
+def test_density_score_is_a_calibrated_tail_probability() -> None:
+    from microchange.features.base import FeatureSample
+    from microchange.scoring.density import DensityScorer
+
+    rng = np.random.default_rng(5)
+    cov = np.array([[1.0, 0.6, 0.0], [0.6, 1.0, 0.0], [0.0, 0.0, 0.3]])
+    chol = np.linalg.cholesky(cov)
+
+    def block():
+        after = (rng.normal(size=(200 * 200, 3)) @ chol.T).T.reshape(3, 200, 200)
+        return FeatureSample(np.zeros((3, 200, 200), np.float32), after.astype(np.float32),
+                             np.ones((200, 200), bool), 0)
+
+    scorer = DensityScorer(seed=1)
+    scorer.fit([block()])
+    s = scorer.score(block())
+    # -log10 p: 1 in 100 unchanged pixels above 2, 1 in 1000 above 3
+    assert 0.007 < (s > 2).mean() < 0.013
+    assert 0.0006 < (s > 3).mean() < 0.0015
 
 
 def test_same_image_twice_is_quiet_with_every_scorer(scenes, tmp_path) -> None:
