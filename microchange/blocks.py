@@ -15,19 +15,67 @@ is the same either way.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import numpy as np
+from numpy.typing import NDArray
+
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ("DaskBlocks", "LocalBlocks", "SampleBlocks", "cluster_client")
+__all__ = ("DaskBlocks", "LocalBlocks", "SampleBlocks", "SampleStatistic", "SwitchedStatistic",
+           "cluster_client")
 
 T = TypeVar("T")
 U = TypeVar("U")
 P = TypeVar("P")
 R = TypeVar("R")
+
+
+class SampleStatistic(ABC):
+    """A statistic fitted on the global sample as a reduction over its blocks.
+
+    Subclasses give the per-block part (:meth:`partial`, run wherever the blocks are held) and
+    the combine (:meth:`fit_parts`, run here on the parts in block order).
+    """
+
+    @property
+    @abstractmethod
+    def needs_fit(self) -> bool:
+        """Whether :meth:`fit_parts` has anything to fit (False: skip the reduction)."""
+
+    @abstractmethod
+    def partial(self, before: NDArray[np.float32], after: NDArray[np.float32],
+                valid: NDArray[np.bool_]) -> Any:
+        """One block's share of the fit."""
+
+    @abstractmethod
+    def fit_parts(self, parts: Sequence[Any]) -> None:
+        """Fit from the :meth:`partial` of every sample block, in block order."""
+
+    def fit(self, samples: Sequence[tuple[NDArray[np.float32], NDArray[np.float32],
+                                          NDArray[np.bool_]]]) -> None:
+        """Fit in this process from (before, after, valid) blocks: (C, H, W) values, (H, W)."""
+        self.fit_parts([self.partial(*s) for s in samples] if self.needs_fit else [])
+
+
+class SwitchedStatistic(SampleStatistic):
+    """A :class:`SampleStatistic` that is fitted only when its preprocessing step is on.
+
+    Args:
+        enabled: Whether the step is on (off: nothing is fitted).
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    @property
+    def needs_fit(self) -> bool:
+        """Whether the step is on."""
+        return self.enabled
 
 
 class LocalBlocks(Generic[T]):

@@ -24,6 +24,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from microchange.blocks import SwitchedStatistic
+
 __all__ = (
     "DENOISERS",
     "Denoiser",
@@ -178,7 +180,7 @@ def denoise(
     return smooth_masked(image, valid, sigma)
 
 
-class NoiseLevel:
+class NoiseLevel(SwitchedStatistic):
     """Noise level per band, fitted on the global sample (for the bilateral filter).
 
     The robust standard deviation (1.4826 MAD) of horizontal differences of valid neighbours,
@@ -190,13 +192,8 @@ class NoiseLevel:
     """
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+        super().__init__(enabled)
         self.level: NDArray[np.float32] | None = None
-
-    @property
-    def needs_fit(self) -> bool:
-        """Whether :meth:`fit_parts` has anything to fit."""
-        return self.enabled
 
     @staticmethod
     def partial(before: NDArray[np.float32], after: NDArray[np.float32],
@@ -205,11 +202,6 @@ class NoiseLevel:
         pair = valid[:, 1:] & valid[:, :-1]
         return np.concatenate([(d[:, :, 1:] - d[:, :, :-1])[:, pair] for d in (before, after)],
                               axis=1)
-
-    def fit(self, samples: Sequence[tuple[NDArray[np.float32], NDArray[np.float32],
-                                          NDArray[np.bool_]]]) -> None:
-        """Fit from (before, after, valid) blocks, as they enter the denoiser."""
-        self.fit_parts([self.partial(*s) for s in samples] if self.needs_fit else [])
 
     def fit_parts(self, parts: Sequence[NDArray[np.float32]]) -> None:
         """Fit from the :meth:`partial` of every sample block."""

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from microchange.blocks import SwitchedStatistic
 from microchange.config import PreprocessConfig
 from microchange.denoise import denoise, denoise_halo
 
@@ -30,7 +31,7 @@ def preprocess_halo(cfg: PreprocessConfig) -> int:
 _LOG_FRACTION = 0.01
 
 
-class LogTransform:
+class LogTransform(SwitchedStatistic):
     """Per-band offset ``c`` of the log transform ``log(x + c)``, fitted on the global sample.
 
     Args:
@@ -38,28 +39,14 @@ class LogTransform:
     """
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+        super().__init__(enabled)
         self.offset: NDArray[np.float32] | None = None
-
-    @property
-    def needs_fit(self) -> bool:
-        """Whether :meth:`fit_parts` has anything to fit."""
-        return self.enabled
 
     @staticmethod
     def partial(before: NDArray[np.float32], after: NDArray[np.float32],
                 valid: NDArray[np.bool_]) -> NDArray[np.float32]:
         """One block's share of the fit: (C, 2N) valid values of both dates."""
         return np.concatenate([before[:, valid], after[:, valid]], axis=1)
-
-    def fit(self, samples: Sequence[tuple[NDArray[np.float32], NDArray[np.float32],
-                                          NDArray[np.bool_]]]) -> None:
-        """Fit ``c`` per band from the valid values of both dates of the sample blocks.
-
-        Args:
-            samples: (before, after, valid) per block: (C, H, W) float32 values, (H, W) mask.
-        """
-        self.fit_parts([self.partial(*s) for s in samples] if self.needs_fit else [])
 
     def fit_parts(self, parts: Sequence[NDArray[np.float32]]) -> None:
         """Fit ``c`` from the :meth:`partial` of every sample block."""

@@ -40,6 +40,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
+from microchange.blocks import SampleStatistic
+
 __all__ = ("RADIOMETRIC_METHODS", "RadiometricNormaliser")
 
 RADIOMETRIC_METHODS = ("none", "linear", "histogram")
@@ -133,7 +135,7 @@ class _Lut:
         return out.astype(np.float32, copy=False)
 
 
-class RadiometricNormaliser:
+class RadiometricNormaliser(SampleStatistic):
     """Per-band mapping of AFTER's values onto BEFORE's radiometry, fitted on invariant pixels.
 
     Args:
@@ -194,16 +196,6 @@ class RadiometricNormaliser:
                 valid: NDArray[np.bool_]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """One block's share of the fit: the (C, N) valid values of both dates."""
         return before[:, valid], after[:, valid]
-
-    def fit(self, samples: Sequence[tuple[NDArray[np.float32], NDArray[np.float32],
-                                          NDArray[np.bool_]]]) -> None:
-        """Fit the mapping on sample blocks spread over the whole raster.
-
-        Args:
-            samples: (before, after, valid) per block: (C, H, W) float32 values as read and the
-                (H, W) bool validity mask.
-        """
-        self.fit_parts([self.partial(*s) for s in samples] if self.needs_fit else [])
 
     def fit_parts(self, parts: Sequence[tuple[NDArray[np.float32], NDArray[np.float32]]]
                   ) -> None:

@@ -27,6 +27,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from microchange.blocks import SampleStatistic
+
 __all__ = ("SpeckleFilter", "check_window", "lee_filter", "local_stats")
 
 _HOMOGENEOUS = 0.25
@@ -93,7 +95,7 @@ def check_window(window: int) -> int:
     return window
 
 
-class SpeckleFilter:
+class SpeckleFilter(SampleStatistic):
     """A Lee filter whose speckle level ``Cu^2`` is fitted on the global sample.
 
     Args:
@@ -135,15 +137,6 @@ class SpeckleFilter:
             r = np.where(ok, var / np.where(ok, mean * mean, 1.0), np.nan)
             ratios.append(r.reshape(r.shape[0], -1))
         return ratios
-
-    def fit(self, samples: Sequence[tuple[NDArray[np.float32], NDArray[np.float32],
-                                          NDArray[np.bool_]]]) -> None:
-        """Fit ``Cu^2`` per band on homogeneous windows of both dates of the sample blocks.
-
-        Args:
-            samples: (before, after, valid) per block: (C, H, W) float32 values, (H, W) mask.
-        """
-        self.fit_parts([self.partial(*s) for s in samples] if self.needs_fit else [])
 
     def fit_parts(self, parts: Sequence[list[NDArray[np.float64]]]) -> None:
         """Fit ``Cu^2`` from the :meth:`partial` of every sample block."""
