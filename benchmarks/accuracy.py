@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override the denoising filter of every family (ablation)")
     parser.add_argument("--coregister", default=None, choices=("off", "global", "local"),
                         help="override the co-registration of every family (ablation)")
+    parser.add_argument("--log-transform", default=None, choices=("on", "off"),
+                        help="override the log transform of every family (ablation)")
     parser.add_argument("--no-preprocess", action="store_true",
                         help="switch every preprocessing step off: co-registration, radiometric "
                              "normalisation, log transform, speckle filter, denoising (ablation "
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                                            ("speckle_window", args.speckle_window),
                                            ("denoise", args.denoise))
                          if v is not None}
+            if args.log_transform is not None:
+                overrides["log_transform"] = args.log_transform == "on"
             if args.coregister is not None:
                 overrides.update({"coregister": args.coregister != "off"}
                                  | ({"coregister_cell": 0} if args.coregister == "global" else {}))
@@ -130,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                                               ("speckle-window", args.speckle_window),
                                               ("denoise", args.denoise),
                                               ("coregister", args.coregister),
+                                              ("log-transform", args.log_transform),
                                               ("only", args.only or None)) if v is not None)
     flags += " --no-preprocess" if args.no_preprocess else ""
     lines.insert(0, f"Generated {_stamp()} on {os.cpu_count()} CPU cores by "

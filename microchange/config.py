@@ -21,6 +21,7 @@ __all__ = (
     "POSTPROCESS_DEFAULTS",
     "SCL_EXCLUDED",
     "SENSOR_DEFAULTS",
+    "SENSOR_METHODS",
     "DeepConfig",
     "DetectConfig",
     "MaskConfig",
@@ -255,6 +256,14 @@ POSTPROCESS_DEFAULTS: dict[str, PostprocessConfig] = {
     "sar": PostprocessConfig(min_region_px=1),
 }
 
+SENSOR_METHODS: dict[str, tuple[str, str | None]] = {
+    "optical": ("cva", None),
+    "sar": ("cva", "density"),
+}
+"""Sensor family -> (method, scorer) used when no method is given: the best family mean F1 of
+``benchmarks/accuracy.py`` among the combinations that keep a no-change pair under 0.1 %
+changed, a difference under 0.01 counting as a tie won by the faster (README, *Accuracy*)."""
+
 SENSOR_DEFAULTS: dict[str, PreprocessConfig] = {
     "optical": PreprocessConfig(log_transform=False, smoothing_sigma=0.7,
                                 radiometric="histogram"),
@@ -275,17 +284,21 @@ class DetectConfig(BaseModel):
         "optical",
         description="Sensor family whose defaults apply: 'optical' (multispectral/RGB) or 'sar'.",
     )
-    method: str = Field(
-        "cva",
-        description="Change detection method by name (see `microchange detect --help`).",
+    method: str | None = Field(
+        None,
+        description=(
+            "Change detection method by name (see `microchange detect --help`); None uses the "
+            "sensor family's best measured method: 'cva' for optical, 'cva' with the 'density' "
+            "scorer for sar."
+        ),
     )
     scorer: Literal["distance", "mahalanobis", "density", "cluster"] | None = Field(
         None,
         description=(
             "Replace the method's own scorer: 'distance' (change-vector magnitude), "
-            "'mahalanobis' (robust covariance of the differences), 'density' (negative "
-            "log-likelihood under a Gaussian mixture of the differences, BIC), 'cluster' "
-            "(PCA-KMeans margin); all are fitted on the global sample."
+            "'mahalanobis' (robust covariance of the differences), 'density' (tail probability "
+            "under a Gaussian mixture of the no-change differences), 'cluster' (PCA-KMeans "
+            "margin); all are fitted on the global sample."
         ),
     )
     threshold: str | None = Field(
@@ -391,6 +404,16 @@ class DetectConfig(BaseModel):
             if len(set(folded)) != len(folded):
                 raise ValueError(f"bands {list(value)!r}: a band name is given twice")
         return value
+
+    def resolved_method(self) -> tuple[str, str | None]:
+        """(method, scorer) in force: explicit ones, else the sensor family's.
+
+        An explicit method keeps its own scorer unless ``scorer`` is given.
+        """
+        if self.method is not None:
+            return self.method, self.scorer
+        method, scorer = SENSOR_METHODS[self.sensor]
+        return method, self.scorer if self.scorer is not None else scorer
 
     def resolved_postprocess(self) -> PostprocessConfig:
         """The post-processing options in force: explicit ones, else the sensor family's."""

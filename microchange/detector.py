@@ -292,24 +292,25 @@ def method_names() -> tuple[str, ...]:
 
 
 def build_detector(config: DetectConfig) -> Detector:
-    """Build the unfitted detector of ``config.method``.
+    """Build the unfitted detector of the config's method and scorer (or its sensor's).
 
     Raises:
         UnknownMethodError: If the method is not registered; the message lists the names.
     """
+    method, scorer = config.resolved_method()
     try:
-        factory = METHODS[config.method]
+        factory = METHODS[method]
     except KeyError:
         raise UnknownMethodError(
-            f"unknown method {config.method!r}: choose one of {', '.join(method_names())}"
+            f"unknown method {method!r}: choose one of {', '.join(method_names())}"
         ) from None
     detector = factory(config)
-    if config.scorer is not None:
+    if scorer is not None:
         scorers = _scorer_factories()
-        if config.scorer not in scorers:
+        if scorer not in scorers:
             raise UnknownMethodError(
-                f"unknown scorer {config.scorer!r}: choose one of {', '.join(SCORERS)}"
+                f"unknown scorer {scorer!r}: choose one of {', '.join(SCORERS)}"
             )
-        detector.scorer, detector.default_threshold = scorers[config.scorer](config)
-        detector.method = f"{config.method}+{config.scorer}"
+        detector.scorer, detector.default_threshold = scorers[scorer](config)
+        detector.method = f"{method}+{scorer}"
     return detector

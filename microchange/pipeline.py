@@ -377,7 +377,7 @@ def fit_detection(plan_path: PathLike, *, client: Any = None) -> str:
         "fitted_preprocess": detector.fitted_preprocess(),
         "fit_s": round(time.perf_counter() - t0, 3),
     })
-    log.info("fitted %s on %d sample pixels; threshold %s = %.4g", cfg.method, scores.size,
+    log.info("fitted %s on %d sample pixels; threshold %s = %.4g", detector.method, scores.size,
              threshold.method, threshold.value)
     return str(model)
 
@@ -569,7 +569,8 @@ def finalise_detection(plan_path: PathLike, *, started: float | None = None) -> 
             "created": plan.doc["created"],
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "parameters": plan.doc["config"],
-            "method": plan.config.method,
+            "method": plan.config.resolved_method()[0],
+            "scorer": plan.config.resolved_method()[1],
             "inputs": plan.doc["inputs"],
             "bands": plan.doc["bands"],
             "alignment": plan.doc["alignment"],

@@ -48,8 +48,9 @@ def test_same_image_twice(quiet_scene, tmp_path, sensor) -> None:
     assert s["counts"]["changed_fraction"] < 0.001
 
 
-# every scorer on the band features, with its own default threshold
-SCORED = [("cva", None), ("pca-kmeans", None), ("cva", "mahalanobis"), ("cva", "density")]
+# the sensor's default, and every scorer on the band features with its own default threshold
+SCORED = [(None, None), ("cva", None), ("pca-kmeans", None), ("cva", "mahalanobis"),
+          ("cva", "density")]
 
 
 @pytest.mark.parametrize(("method", "scorer"), SCORED)

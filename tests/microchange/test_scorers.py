@@ -111,3 +111,12 @@ def test_unknown_scorer_is_rejected() -> None:
     with pytest.raises(ValidationError):
         DetectConfig(scorer="magic")
     assert "distance" in SCORERS and UnknownMethodError
+
+
+def test_sensor_defaults_are_the_measured_best_combinations() -> None:
+    from microchange.detector import build_detector
+
+    assert build_detector(DetectConfig()).method == "cva"
+    assert build_detector(DetectConfig(sensor="sar")).method == "cva+density"
+    assert build_detector(DetectConfig(sensor="sar", method="cva")).method == "cva"
+    assert build_detector(DetectConfig(sensor="sar", scorer="cluster")).method == "cva+cluster"
