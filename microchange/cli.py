@@ -135,7 +135,8 @@ def _summary_line(summary: dict[str, Any], seconds: float) -> str:
 
 def _add_detect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help=f"change detection method: {', '.join(method_names())} "
-                   "(default cva)")
+                   "(default: the sensor's, cva for optical, cva with the density scorer for "
+                   "sar)")
     p.add_argument("--scorer", choices=("distance", "mahalanobis", "density", "cluster"),
                    help="replace the method's scorer (all fitted on the global sample)")
     p.add_argument("--sensor", choices=("optical", "sar"),
