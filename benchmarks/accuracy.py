@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="cva,pca-kmeans,learned,backbone",
                         help="comma-separated method names, optionally METHOD+SCORER "
-                             "(e.g. cva,cva+mahalanobis,backbone+density)")
+                             "(e.g. cva,cva+mahalanobis,backbone+density); 'default' is each "
+                             "sensor family's default")
     parser.add_argument("--threshold", default=None,
                         help="threshold spec for every run (default: each method's own)")
     parser.add_argument("--work", default="out/bench", help="work/output folder")
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             out = work / "runs" / f"{pair.name}-{method}"
             t0 = time.perf_counter()
             name, _, scorer = method.partition("+")  # e.g. "backbone+density"
-            cfg = DetectConfig(method=name, sensor=sensor, scorer=scorer or None,
+            cfg = DetectConfig(method=None if name == "default" else name, sensor=sensor,
+                               scorer=scorer or None,
                                threshold=args.threshold, bands=pair.bands)
             if args.objective is not None:
                 cfg = cfg.model_copy(update={"deep": cfg.deep.model_copy(
