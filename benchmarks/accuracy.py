@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override the co-registration of every family (ablation)")
     parser.add_argument("--log-transform", default=None, choices=("on", "off"),
                         help="override the log transform of every family (ablation)")
+    parser.add_argument("--min-region-px", type=int, default=None,
+                        help="override the minimum mapping unit of every family (ablation)")
     parser.add_argument("--no-preprocess", action="store_true",
                         help="switch every preprocessing step off: co-registration, radiometric "
                              "normalisation, log transform, speckle filter, denoising (ablation "
@@ -109,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             if overrides:
                 pre = cfg.resolved_preprocess().model_copy(update=overrides)
                 cfg = cfg.model_copy(update={"preprocess": pre})
+            if args.min_region_px is not None:
+                post = cfg.resolved_postprocess().model_copy(
+                    update={"min_region_px": args.min_region_px})
+                cfg = cfg.model_copy(update={"postprocess": post})
             run_detection(pair.before, pair.after, out, cfg)
             seconds = time.perf_counter() - t0
             m = evaluate_run(out, pair.truth, **pair.truth_kwargs())
@@ -137,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                                               ("denoise", args.denoise),
                                               ("coregister", args.coregister),
                                               ("log-transform", args.log_transform),
+                                              ("min-region-px", args.min_region_px),
                                               ("only", args.only or None)) if v is not None)
     flags += " --no-preprocess" if args.no_preprocess else ""
     lines.insert(0, f"Generated {_stamp()} on {os.cpu_count()} CPU cores by "

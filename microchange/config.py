@@ -253,7 +253,9 @@ class MaskConfig(BaseModel):
 
 POSTPROCESS_DEFAULTS: dict[str, PostprocessConfig] = {
     "optical": PostprocessConfig(min_region_px=1),
-    "sar": PostprocessConfig(min_region_px=1),
+    # 3 x 3: the smallest region the 5 x 5 Lee filter and sigma-1.5 smoothing resolve; isolated
+    # speckle survivors are smaller. Measured SAR mean F1 0.836 (1 px) -> 0.841 (9 px).
+    "sar": PostprocessConfig(min_region_px=9),
 }
 
 SENSOR_METHODS: dict[str, tuple[str, str | None]] = {
