@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -120,6 +121,84 @@ def _read_valid(ds: Any, idx: list[int], window: Window) -> NDArray[np.bool_]:
     return np.asarray(ds.dataset_mask(window=window) > 0)
 
 
+BLOCK_CACHE_MB = 64
+"""Decoded blocks kept per date while reading tiles (see :class:`BlockCache`)."""
+
+
+class BlockCache:
+    """Decoded blocks of one tiled raster (selected bands and validity), least recently used out.
+
+    GDAL decodes every internal block a window touches, and its block cache does not serve
+    multi-band reads of pixel-interleaved files: a tile read with a halo decodes up to 9 blocks
+    that its neighbours decode again (measured: 3x the cost of the aligned reads of a 4096^2
+    raster). Windows are therefore assembled from whole blocks, each read once and kept while
+    neighbouring tiles need it. Values and validity are those of the same window read directly
+    (blocks are read with GDAL, in the file's type, and converted to float32 like ``out_dtype``).
+
+    Args:
+        ds: Open dataset; see :meth:`usable`.
+        indexes: 1-based bands to read.
+        max_mb: Most decoded data kept, in MiB.
+    """
+
+    def __init__(self, ds: Any, indexes: list[int], max_mb: int = BLOCK_CACHE_MB) -> None:
+        self.ds = ds
+        self.indexes = indexes
+        self.block_h, self.block_w = ds.block_shapes[indexes[0] - 1]
+        self.max_bytes = max_mb << 20
+        self.nbytes = 0
+        self._blocks: OrderedDict[tuple[int, int], tuple[NDArray[Any], NDArray[np.bool_]]] = (
+            OrderedDict())
+
+    @staticmethod
+    def usable(ds: Any, indexes: list[int]) -> bool:
+        """True for a tiled file (not a VRT) whose selected bands share one block shape."""
+        if ds.driver == "VRT":
+            return False
+        shapes = {ds.block_shapes[i - 1] for i in indexes}
+        if len(shapes) != 1:
+            return False
+        bh, bw = shapes.pop()
+        return bool(16 <= bh < ds.height or 16 <= bw < ds.width) and min(bh, bw) >= 16
+
+    def read(self, window: Window) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        """(C, h, w) float32 values and (h, w) validity of a window inside the raster."""
+        r0, c0 = int(window.row_off), int(window.col_off)
+        r1, c1 = r0 + int(window.height), c0 + int(window.width)
+        out = np.empty((len(self.indexes), r1 - r0, c1 - c0), np.float32)
+        valid = np.empty((r1 - r0, c1 - c0), bool)
+        bh, bw = self.block_h, self.block_w
+        for br in range(r0 // bh, (r1 - 1) // bh + 1):
+            for bc in range(c0 // bw, (c1 - 1) // bw + 1):
+                data, v = self._block(br, bc)
+                top, left = br * bh, bc * bw
+                rr0, rr1 = max(r0, top), min(r1, top + data.shape[1])
+                cc0, cc1 = max(c0, left), min(c1, left + data.shape[2])
+                out[:, rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = data[
+                    :, rr0 - top:rr1 - top, cc0 - left:cc1 - left]
+                valid[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = v[
+                    rr0 - top:rr1 - top, cc0 - left:cc1 - left]
+        return out, valid
+
+    def _block(self, br: int, bc: int) -> tuple[NDArray[Any], NDArray[np.bool_]]:
+        key = (br, bc)
+        hit = self._blocks.get(key)
+        if hit is not None:
+            self._blocks.move_to_end(key)
+            return hit
+        top, left = br * self.block_h, bc * self.block_w
+        win = Window(left, top, min(self.block_w, self.ds.width - left),
+                     min(self.block_h, self.ds.height - top))
+        data = self.ds.read(self.indexes, window=win, out_dtype="float32")
+        entry = (data, _read_valid(self.ds, self.indexes, win))
+        self._blocks[key] = entry
+        self.nbytes += data.nbytes + entry[1].nbytes
+        while self.nbytes > self.max_bytes and len(self._blocks) > 1:
+            _, (d, v) = self._blocks.popitem(last=False)
+            self.nbytes -= d.nbytes + v.nbytes
+        return entry
+
+
 def open_raster(path: PathLike, *, role: str = "raster") -> Any:
     """Open a raster with rasterio, turning failures into a clear :class:`RasterReadError`.
 
@@ -226,6 +305,11 @@ class PairReader:
             raise
         self.mask_files = dict(self._masks.files) if self._masks is not None else {}
         self.dtypes = (b.dtypes[0], self._after_src.dtypes[0])
+        idx = list(self.bands)
+        self._cache_before = BlockCache(b, idx) if BlockCache.usable(b, idx) else None
+        self._cache_after = (BlockCache(self._after, idx)
+                             if self._alpha is None and BlockCache.usable(self._after, idx)
+                             else None)
 
     # -- checks ------------------------------------------------------------------------------
     def _check_bands(self, bands: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -325,8 +409,11 @@ class PairReader:
     def _read(self, r0: int, r1: int, c0: int, c1: int) -> TileArrays:
         window = Window(c0, r0, c1 - c0, r1 - r0)
         idx = list(self.bands)
-        before = self._before.read(idx, window=window, out_dtype="float32")
-        valid = _read_valid(self._before, idx, window)
+        if self._cache_before is not None:
+            before, valid = self._cache_before.read(window)
+        else:
+            before = self._before.read(idx, window=window, out_dtype="float32")
+            valid = _read_valid(self._before, idx, window)
         if self._masks is not None:
             valid &= self._masks.read(window)
         if self.after_shift_field is not None or self.after_shift != (0.0, 0.0):
@@ -351,6 +438,8 @@ class PairReader:
                 nodata = self._after_src.nodatavals[i - 1]
                 if nodata is not None and not math.isnan(nodata):
                     valid &= after[k] != np.float32(nodata)
+        elif self._cache_after is not None:
+            after, valid = self._cache_after.read(window)
         else:
             after = self._after.read(idx, window=window, out_dtype="float32")
             valid = _read_valid(self._after, idx, window)

@@ -153,3 +153,29 @@ def test_disjoint_footprints(make_geotiff) -> None:
     a = make_geotiff(data, name="a.tif", origin=(900_000.0, 4_000_000.0))
     with pytest.raises(NoOverlapError, match="does not overlap"):
         PairReader(b, a)
+
+
+def test_block_cache_assembles_windows_exactly_like_direct_reads(tmp_path) -> None:
+    import rasterio
+    from rasterio.windows import Window
+
+    from microchange.io.rasters import BlockCache
+
+    rng = np.random.default_rng(4)
+    data = rng.integers(0, 4000, (3, 100, 120)).astype("uint16")
+    data[:, 40:45, 50:70] = 0  # nodata
+    path = tmp_path / "tiled.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=120, height=100, count=3,
+                       dtype="uint16", nodata=0, tiled=True, blockxsize=32,
+                       blockysize=32) as dst:
+        dst.write(data)
+    with rasterio.open(path) as ds:
+        assert BlockCache.usable(ds, [1, 3])
+        cache = BlockCache(ds, [3, 1], max_mb=1)
+        for r0, c0, h, w in ((0, 0, 100, 120), (31, 33, 40, 50), (90, 5, 10, 115), (7, 7, 1, 1)):
+            win = Window(c0, r0, w, h)
+            values, valid = cache.read(win)
+            np.testing.assert_array_equal(values, ds.read([3, 1], window=win,
+                                                          out_dtype="float32"))
+            np.testing.assert_array_equal(valid, ds.read_masks([3, 1], window=win).min(0) > 0)
+        assert cache.nbytes <= 1 << 20
