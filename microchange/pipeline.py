@@ -174,7 +174,8 @@ def _estimate_coregistration(
     With ``coregister_cell`` > 0 and a raster of at least 2x2 cells, a shift is estimated in
     every cell (:func:`microchange.coregistration.estimate_shift_field`); the global shift is
     their median. The field is applied when it departs from the global shift by more than
-    ``coregister_min_shift`` somewhere and stays within 3 px. Otherwise one global shift (from
+    ``coregister_min_shift`` somewhere, stays within 3 px, and the cells agree with it (median
+    distance of a cell's estimate from the field at most 0.3 px). Otherwise one global shift (from
     the cells, or from up to 16 blocks of a smaller raster) is applied when it is trustworthy:
     at least 3 usable blocks agreeing within 0.3 px (median absolute deviation) on a shift of at
     most 3 px (residual misregistration, not a different scene). The reason for not correcting
@@ -204,10 +205,16 @@ def _estimate_coregistration(
                                     replace=False))
         est = estimate_shift([_prepared_block(pair, pre, *grid_blocks[j]) for j in chosen.tolist()])
     local = None
-    if field is not None:
+    if field is not None and use_cells:
         dev = float(np.hypot(np.asarray(field.dy) - est.dy, np.asarray(field.dx) - est.dx).max())
-        if dev >= max(pre.coregister_min_shift, 1e-9) and field.max_magnitude() <= _COREG_MAX_SHIFT:
+        # the cells must agree with the smooth field, as blocks must agree on a global shift
+        misfit = [math.hypot(sh[0] - field.dy[i][j], sh[1] - field.dx[i][j])
+                  for i, line in enumerate(shifts) for j, sh in enumerate(line) if sh is not None]
+        if (dev >= max(pre.coregister_min_shift, 1e-9)
+                and field.max_magnitude() <= _COREG_MAX_SHIFT
+                and float(np.median(misfit)) <= _COREG_MAX_SPREAD):
             local = field
+        cells_doc = {**(cells_doc or {}), "misfit": float(np.median(misfit))}
     if local is not None:
         reason = ""
     elif est.n_blocks < _COREG_MIN_BLOCKS:

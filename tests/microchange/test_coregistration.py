@@ -158,3 +158,14 @@ def test_local_correction_beats_a_global_shift_and_is_tile_size_invariant(
 def test_coregister_cell_below_64_is_refused() -> None:
     with pytest.raises(ValueError, match="coregister_cell=32"):
         PreprocessConfig(coregister_cell=32)
+
+
+def test_no_field_is_applied_when_the_cells_do_not_agree(tmp_path, make_geotiff) -> None:
+    # two unrelated textures: per-cell phase correlation returns noise, which must not be applied
+    before = make_geotiff((_texture(7, 512) * 100 + 1000).astype("float32"), name="b.tif")
+    after = make_geotiff((_texture(8, 512) * 100 + 1000).astype("float32"), name="a.tif")
+    run_detection(before, after, tmp_path / "o",
+                  DetectConfig(tile_size=256, preprocess=PreprocessConfig(coregister_cell=128)))
+    coreg = json.loads((tmp_path / "o" / "run.json").read_text())["coregistration"]
+    assert coreg["mode"] != "local" and coreg["field"] is None
+    assert not coreg["applied"], coreg["reason"]
