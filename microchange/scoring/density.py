@@ -109,8 +109,8 @@ class DensityScorer:
 
     def _nll_of(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         """Negative log-likelihood of (N, F) vectors under the mixture."""
-        assert self._weights is not None and self._means is not None
-        assert self._prec_chol is not None
+        if self._weights is None or self._means is None or self._prec_chol is None:
+            raise RuntimeError("DensityScorer used before fit/load_state")
         f = x.shape[1]
         log_terms = []
         for k in range(self._weights.size):
