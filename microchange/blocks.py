@@ -18,6 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
@@ -61,6 +62,18 @@ class SampleStatistic(ABC):
         """Fit in this process from (before, after, valid) blocks: (C, H, W) values, (H, W)."""
         self.fit_parts([self.partial(*s) for s in samples] if self.needs_fit else [])
 
+    def fit_on(self, blocks: SampleBlocks[Any], part: Callable[[Any], Any] | None = None) -> None:
+        """Fit as a reduction over blocks wherever they are held (skipped when not needed).
+
+        Args:
+            blocks: Blocks with ``before``, ``after`` and ``valid`` (e.g. ``TileArrays``).
+            part: A block's share of the fit (default: :meth:`partial` of its arrays).
+        """
+        if not self.needs_fit:
+            self.fit_parts([])
+            return
+        blocks.reduce(part or partial(_arrays_part, self.partial), self.fit_parts)
+
 
 class SwitchedStatistic(SampleStatistic):
     """A :class:`SampleStatistic` that is fitted only when its preprocessing step is on.
@@ -76,6 +89,19 @@ class SwitchedStatistic(SampleStatistic):
     def needs_fit(self) -> bool:
         """Whether the step is on."""
         return self.enabled
+
+    def _pooled(self, parts: Sequence[NDArray[Any]]) -> NDArray[Any] | None:
+        """The (C, N) parts side by side; None when the step is off or the parts are empty."""
+        if not self.enabled or not parts:
+            return None
+        values = np.concatenate(parts, axis=1)
+        return values if values.shape[1] else None
+
+
+def _arrays_part(fn: Callable[[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]], Any],
+                 block: Any) -> Any:
+    """``fn(before, after, valid)`` of a block."""
+    return fn(block.before, block.after, block.valid)
 
 
 class LocalBlocks(Generic[T]):

@@ -206,10 +206,8 @@ class NoiseLevel(SwitchedStatistic):
     def fit_parts(self, parts: Sequence[NDArray[np.float32]]) -> None:
         """Fit from the :meth:`partial` of every sample block."""
         self.level = None
-        if not self.enabled or not parts:
-            return
-        values = np.concatenate(parts, axis=1)
-        if values.shape[1] == 0:
+        values = self._pooled(parts)
+        if values is None:
             return
         med = np.median(values, axis=1, keepdims=True)
         mad = np.median(np.abs(values - med), axis=1)

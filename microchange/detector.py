@@ -98,22 +98,14 @@ class Detector:
             1-D float32 scores of the valid core pixels of all samples (to fit a threshold).
         """
         blocks = samples if isinstance(samples, LocalBlocks | DaskBlocks) else LocalBlocks(samples)
-        if self.radiometry.needs_fit:
-            blocks.reduce(partial(_on_arrays, self.radiometry.partial), self.radiometry.fit_parts)
-        else:
-            self.radiometry.fit_parts([])
+        self.radiometry.fit_on(blocks)
         mapped = blocks.map(partial(_map_after, self.radiometry))
         del blocks, samples
-        for stat in (self.speckle, self.log):
-            if stat.needs_fit:
-                mapped.reduce(partial(_on_arrays, stat.partial), stat.fit_parts)
-            else:
-                stat.fit_parts([])
-        if self.noise.needs_fit:  # the noise level of the values as they enter the denoiser
-            mapped.reduce(partial(_noise_part, self.speckle, self.log.offset, self.preprocess),
-                          self.noise.fit_parts)
-        else:
-            self.noise.fit_parts([])
+        self.speckle.fit_on(mapped)
+        self.log.fit_on(mapped)
+        # the noise level of the values as they enter the denoiser
+        self.noise.fit_on(mapped, partial(_noise_part, self.speckle, self.log.offset,
+                                          self.preprocess))
         prepared = mapped.map(partial(_prepare_block, self.speckle, self.log.offset,
                                       self.noise.level, self.preprocess)).collect()
         del mapped
@@ -193,12 +185,6 @@ class Detector:
                 part.load_state(
                     {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(prefix + "/")}
                 )
-
-
-def _on_arrays(fn: Callable[[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]], Any],
-               tile: TileArrays) -> Any:
-    """``fn(before, after, valid)`` of a block (a per-block partial statistic)."""
-    return fn(tile.before, tile.after, tile.valid)
 
 
 def _map_after(radiometry: RadiometricNormaliser, tile: TileArrays) -> TileArrays:

@@ -186,7 +186,7 @@ def _estimate_coregistration(
                 "field": None}
     g = pair.grid
     cell = pre.coregister_cell
-    field: ShiftField | None = None
+    local: ShiftField | None = None
     cells_doc: dict[str, Any] | None = None
     use_cells = (cell > 0 and g.height >= 2 * cell and g.width >= 2 * cell
                  and math.ceil(g.height / cell) * math.ceil(g.width / cell) <= _COREG_MAX_CELLS)
@@ -194,9 +194,19 @@ def _estimate_coregistration(
         rows, cols, shifts = _cell_shifts(pair, pre, cell)
         usable = [s for line in shifts for s in line if s is not None]
         est = median_shift(usable)
+        cells_doc = {"size": cell, "grid": [len(rows), len(cols)], "usable": len(usable)}
         if est.n_blocks >= _COREG_MIN_BLOCKS:
             field = estimate_shift_field(rows, cols, shifts, (est.dy, est.dx))
-        cells_doc = {"size": cell, "grid": [len(rows), len(cols)], "usable": len(usable)}
+            dev = float(np.hypot(np.asarray(field.dy) - est.dy,
+                                 np.asarray(field.dx) - est.dx).max())
+            # the cells must agree with the smooth field, as blocks must agree on a global shift
+            misfit = float(np.median([
+                math.hypot(sh[0] - field.dy[i][j], sh[1] - field.dx[i][j])
+                for i, line in enumerate(shifts) for j, sh in enumerate(line) if sh is not None]))
+            cells_doc["misfit"] = misfit
+            if (dev >= max(pre.coregister_min_shift, 1e-9)
+                    and field.max_magnitude() <= _COREG_MAX_SHIFT and misfit <= _COREG_MAX_SPREAD):
+                local = field
     else:
         block = 256 if min(g.height, g.width) >= 1024 else 128
         grid_blocks = list(iter_blocks(g.height, g.width, block))
@@ -204,17 +214,6 @@ def _estimate_coregistration(
         chosen = np.sort(rng.choice(len(grid_blocks), size=min(_COREG_BLOCKS, len(grid_blocks)),
                                     replace=False))
         est = estimate_shift([_prepared_block(pair, pre, *grid_blocks[j]) for j in chosen.tolist()])
-    local = None
-    if field is not None and use_cells:
-        dev = float(np.hypot(np.asarray(field.dy) - est.dy, np.asarray(field.dx) - est.dx).max())
-        # the cells must agree with the smooth field, as blocks must agree on a global shift
-        misfit = [math.hypot(sh[0] - field.dy[i][j], sh[1] - field.dx[i][j])
-                  for i, line in enumerate(shifts) for j, sh in enumerate(line) if sh is not None]
-        if (dev >= max(pre.coregister_min_shift, 1e-9)
-                and field.max_magnitude() <= _COREG_MAX_SHIFT
-                and float(np.median(misfit)) <= _COREG_MAX_SPREAD):
-            local = field
-        cells_doc = {**(cells_doc or {}), "misfit": float(np.median(misfit))}
     if local is not None:
         reason = ""
     elif est.n_blocks < _COREG_MIN_BLOCKS:

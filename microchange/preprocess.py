@@ -51,10 +51,8 @@ class LogTransform(SwitchedStatistic):
     def fit_parts(self, parts: Sequence[NDArray[np.float32]]) -> None:
         """Fit ``c`` from the :meth:`partial` of every sample block."""
         self.offset = None
-        if not self.enabled or not parts:
-            return
-        values = np.concatenate(parts, axis=1)
-        if values.shape[1] == 0:
+        values = self._pooled(parts)
+        if values is None:
             return
         median = np.median(np.maximum(values, 0.0), axis=1)
         self.offset = np.where(median >= 1.0, 1.0,

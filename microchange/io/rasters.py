@@ -133,7 +133,7 @@ class BlockCache:
     that its neighbours decode again (measured: 3x the cost of the aligned reads of a 4096^2
     raster). Windows are therefore assembled from whole blocks, each read once and kept while
     neighbouring tiles need it. Values and validity are those of the same window read directly
-    (blocks are read with GDAL, in the file's type, and converted to float32 like ``out_dtype``).
+    (each block is read with ``out_dtype="float32"`` and its validity as :func:`_read_valid`).
 
     Args:
         ds: Open dataset; see :meth:`usable`.
@@ -159,7 +159,7 @@ class BlockCache:
         if len(shapes) != 1:
             return False
         bh, bw = shapes.pop()
-        return bool(16 <= bh < ds.height or 16 <= bw < ds.width) and min(bh, bw) >= 16
+        return bool(min(bh, bw) >= 16 and (bh < ds.height or bw < ds.width))
 
     def read(self, window: Window) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
         """(C, h, w) float32 values and (h, w) validity of a window inside the raster."""

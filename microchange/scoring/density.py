@@ -58,7 +58,7 @@ class DensityScorer:
         self._weights: NDArray[np.float64] | None = None
         self._means: NDArray[np.float64] | None = None
         self._prec_chol: NDArray[np.float64] | None = None  # (K, F, F) full
-        self._nll: NDArray[np.float64] | None = None  # NLL at the tail probabilities _LOG_P
+        self._nll: NDArray[np.float64] | None = None  # NLL at the levels of _tail_levels()
 
     @property
     def halo(self) -> int:
@@ -135,8 +135,6 @@ class DensityScorer:
 
     def score(self, block: FeatureSample) -> NDArray[np.float32]:
         """(H, W) ``-log10 P(NLL >= NLL(x))`` of each pixel's difference vector."""
-        if self._weights is None or self._means is None or self._prec_chol is None:
-            raise RuntimeError("DensityScorer.score called before fit/load_state")
         f, h, w = block.before.shape
         x = (block.after - block.before).reshape(f, -1).T.astype(np.float64)
         out: NDArray[np.float32] = self.surprise(self._nll_of(x)).reshape(h, w).astype(
