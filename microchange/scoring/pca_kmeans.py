@@ -23,7 +23,7 @@ The cluster margin is ``||p - c_unchanged|| - ||p - c_changed||`` of the project
 changed.
 
 5. **Evidence of change.** k-means with k = 2 always splits the sample in two, also when nothing
-   changed (it then splits the noise: Celik's assignment marks ~44 % of a no-change pair). The
+   changed (it then splits the noise: Celik's assignment marked 43 % of a no-change pair). The
    split is tested as ``--threshold auto`` tests Otsu: the share of the sample whose
    neighbourhood mean difference lies above the midpoint of the two centroids' levels is compared
    with the share a robust no-change null model of that mean predicts
