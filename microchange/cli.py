@@ -61,6 +61,16 @@ def _parse_bands(text: str) -> tuple[int | str, ...]:
         raise argparse.ArgumentTypeError(f"invalid --bands {text!r}: {exc}") from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number: use e.g. 2")
+    return value
+
+
 def _parse_classes(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(c) for c in text.split(",") if c.strip())
@@ -205,6 +215,11 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
                    help="run the flow with tile batches on Dask: a LocalCluster, or the "
                         "scheduler at ADDRESS (e.g. tcp://host:8786); implies --prefect")
     p.add_argument("--workers", type=int, help="LocalCluster worker processes (default: CPUs)")
+    p.add_argument("--threads", type=_positive_int,
+                   help="threads scoring tiles in this process (runs without --prefect), each with "
+                        "its share of the CPUs "
+                        "(default: the CPUs available, or OMP_NUM_THREADS); outputs do not "
+                        "depend on it")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
@@ -333,7 +348,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _run(config: DetectConfig, before: str, after: str, out: str, *, use_prefect: bool,
-         quiet: bool, dask: str | None = None, workers: int | None = None) -> dict[str, Any]:
+         quiet: bool, dask: str | None = None, workers: int | None = None,
+         threads: int | None = None) -> dict[str, Any]:
     if dask is not None:
         from flows.detect import detect_changes_on_dask  # Prefect and Dask only when asked for
 
@@ -345,14 +361,16 @@ def _run(config: DetectConfig, before: str, after: str, out: str, *, use_prefect
         return detect_changes(before=before, after=after, out=out, config=config)
     from microchange.pipeline import run_detection
 
-    return run_detection(before, after, out, config, progress=_Progress(not quiet))
+    return run_detection(before, after, out, config, threads=threads,
+                         progress=_Progress(not quiet))
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     t0 = time.perf_counter()
     summary = _run(config, args.before, args.after, args.out, use_prefect=args.prefect,
-                   quiet=args.quiet, dask=args.dask, workers=args.workers)
+                   quiet=args.quiet, dask=args.dask, workers=args.workers,
+                   threads=args.threads)
     print(f"outputs in {summary['out']}")
     print(_summary_line(summary, time.perf_counter() - t0))
     return EXIT_OK

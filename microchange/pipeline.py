@@ -15,13 +15,15 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +40,7 @@ from microchange.coregistration import (
 )
 from microchange.detector import Detector, build_detector
 from microchange.errors import InputError, MicrochangeError, NoOverlapError, OutputError
+from microchange.features.devices import available_cpus, sharing_cpus
 from microchange.io.cog import assemble_cog, read_part, write_part
 from microchange.io.manifest import (
     file_fingerprint,
@@ -408,42 +411,94 @@ def _tile_stats(score: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
             "score_mean": mean, "score_p95": p95, "score_max": mx}
 
 
-def score_tiles(plan_path: PathLike, tile_ids: Sequence[int], *,
+class _TileScorer:
+    """What scoring tiles needs, opened once: fitted detector, threshold and the pair's reader."""
+
+    def __init__(self, plan_path: PathLike) -> None:
+        self.plan = _Plan(plan_path)
+        self.detector = self.plan.detector()
+        self.threshold = Threshold(**read_json(self.plan.staging / "fit.json")["threshold"])
+        self.by_id = {t.tile_id: t for t in self.plan.tiles}
+        self.post = self.plan.config.resolved_postprocess()
+        self.keep = int(self.plan.doc["post_halo"])
+        self.pair = self.plan.reader()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pair.close()
+
+    def todo(self, tile_ids: Sequence[int]) -> list[int]:
+        """The tiles whose part files do not exist yet."""
+        return [tid for tid in tile_ids if not self.plan.part("tile", tid).exists()]
+
+    def run(self, ids: Sequence[int]) -> None:
+        """Score, threshold and write one batch of tiles (one CNN batch)."""
+        plan, tiles = self.plan, [self.by_id[tid] for tid in ids]
+        blocks = self.detector.score_batch([self.pair.read_tile(t) for t in tiles],
+                                           keep=self.keep)
+        for tile, block in zip(tiles, blocks, strict=True):
+            mask, score = make_mask(block, self.threshold.value, self.post, keep=self.keep)
+            write_part(plan.part("score", tile.tile_id), score, plan.grid, tile, nodata=math.nan)
+            write_part(plan.part("mask", tile.tile_id), mask, plan.grid, tile, nodata=255)
+            write_json_atomic(plan.part("tile", tile.tile_id), _tile_stats(score, mask))
+
+
+def score_tiles(plan_path: PathLike, tile_ids: Sequence[int], *, threads: int = 1,
                 progress: Progress | None = None) -> list[int]:
     """Stage 3: score, threshold and write the given tiles (safe to run in parallel).
 
-    Tiles whose part files already exist (an interrupted earlier attempt) are skipped.
+    Tiles whose part files already exist (an interrupted earlier attempt) are skipped. Batches of
+    ``batch_tiles`` tiles go through the detector together. With ``threads > 1`` that many
+    threads take batches in turn, each with its own reader and detector and its share of the
+    CPUs for torch (NumPy, SciPy, GDAL and torch release the GIL); the outputs do not depend on
+    the thread count.
 
     Args:
         plan_path: Path returned by :func:`plan_detection` (after :func:`fit_detection`).
         tile_ids: Tiles to process.
-        progress: Called with 1 after each tile.
+        threads: Threads scoring batches concurrently in this process.
+        progress: Called with the number of tiles after each batch (from any thread).
 
     Returns:
         The tile ids processed or found done.
     """
-    plan = _Plan(plan_path)
-    detector = plan.detector()
-    threshold = Threshold(**read_json(plan.staging / "fit.json")["threshold"])
-    by_id = {t.tile_id: t for t in plan.tiles}
-    todo = [tid for tid in tile_ids if not plan.part("tile", tid).exists()]
-    if progress is not None and len(todo) < len(tile_ids):
-        progress(len(tile_ids) - len(todo))
-    batch = max(1, plan.config.batch_tiles)
-    post = plan.config.resolved_postprocess()
-    keep = int(plan.doc["post_halo"])
-    with plan.reader() as pair:
-        for start in range(0, len(todo), batch):
-            ids = todo[start:start + batch]
-            blocks = detector.score_batch([pair.read_tile(by_id[tid]) for tid in ids], keep=keep)
-            for tid, block in zip(ids, blocks, strict=True):
-                tile = by_id[tid]
-                mask, score = make_mask(block, threshold.value, post, keep=keep)
-                write_part(plan.part("score", tid), score, plan.grid, tile, nodata=math.nan)
-                write_part(plan.part("mask", tid), mask, plan.grid, tile, nodata=255)
-                write_json_atomic(plan.part("tile", tid), _tile_stats(score, mask))
-            if progress is not None:
-                progress(len(ids))
+    with _TileScorer(plan_path) as first:
+        todo = first.todo(tile_ids)
+        if progress is not None and len(todo) < len(tile_ids):
+            progress(len(tile_ids) - len(todo))
+        size = max(1, first.plan.config.batch_tiles)
+        batches = [todo[i:i + size] for i in range(0, len(todo), size)]
+        workers = max(1, min(threads, len(batches)))
+        if workers == 1:
+            for ids in batches:
+                first.run(ids)
+                if progress is not None:
+                    progress(len(ids))
+            return list(tile_ids)
+    queue = iter(batches)
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def _worker() -> None:
+        with sharing_cpus(workers), _TileScorer(plan_path) as scorer:
+            while not failed.is_set():
+                with lock:
+                    ids = next(queue, None)
+                if ids is None:
+                    return
+                try:
+                    scorer.run(ids)
+                except BaseException:
+                    failed.set()
+                    raise
+                if progress is not None:
+                    progress(len(ids))
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="microchange-score") as pool:
+        for future in [pool.submit(_worker) for _ in range(workers)]:
+            future.result()
     return list(tile_ids)
 
 
@@ -619,6 +674,7 @@ def run_detection(
     out: PathLike,
     config: DetectConfig,
     *,
+    threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run every stage in this process (what the CLI does; the flow runs the same stages).
@@ -628,6 +684,7 @@ def run_detection(
         after: Raster at t1.
         out: Output folder.
         config: Run parameters.
+        threads: Threads scoring tiles (default: the CPUs available, ``OMP_NUM_THREADS`` if set).
         progress: Called with (tiles done, tiles total) as tiles finish.
 
     Returns:
@@ -639,14 +696,16 @@ def run_detection(
         fit_detection(plan)
         ids = [i for batch in tile_batches(plan) for i in batch]
         done = 0
+        lock = threading.Lock()
 
         def _tick(n: int) -> None:
             nonlocal done
-            done += n
-            if progress is not None:
-                progress(done, len(ids))
+            with lock:
+                done += n
+                if progress is not None:
+                    progress(done, len(ids))
 
-        score_tiles(plan, ids, progress=_tick)
+        score_tiles(plan, ids, threads=threads or available_cpus(), progress=_tick)
         return finalise_detection(plan, started=started)
     except BaseException:
         discard_run(plan)

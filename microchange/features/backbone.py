@@ -67,7 +67,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from microchange.errors import BandMismatchError, ConfigError
 from microchange.features.bands import masked_band_stats
 from microchange.features.base import FeatureSample, State
-from microchange.features.devices import cpu_threads, resolve_device
+from microchange.features.devices import resolve_device
 from microchange.tiling import crop_core
 
 __all__ = ("BACKBONES", "DEFAULT_LAYERS", "BackboneFeatures", "load_state_dict_file")
@@ -476,9 +476,7 @@ class BackboneFeatures:
         self.backbone = backbone
         self.layers = tuple(sorted(chosen, key=order.index))
         self.weights = None if weights is None else str(weights)
-        self.device = resolve_device(device)
-        if self.device.type == "cpu":
-            torch.set_num_threads(cpu_threads())
+        self.device = resolve_device(device)  # on the CPU: sets torch's threads
         self.batch_size = batch_size or (16 if self.device.type == "cuda" else 4)
         self.seed = seed
         self.n_features = n_features

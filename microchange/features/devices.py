@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from microchange.errors import ConfigError
 
-__all__ = ("cpu_threads", "resolve_device")
+__all__ = ("available_cpus", "cpu_threads", "resolve_device", "sharing_cpus")
+
+_local = threading.local()
 
 
-def cpu_threads() -> int:
-    """Threads torch may use: the CPUs this process may run on, or OMP_NUM_THREADS if set.
+def available_cpus() -> int:
+    """CPUs this process may use: OMP_NUM_THREADS if set, else the CPUs it may run on.
 
     Inside Dask workers set OMP_NUM_THREADS (workers x threads <= cores) to avoid oversubscription.
     """
@@ -22,6 +27,38 @@ def cpu_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def cpu_threads() -> int:
+    """Threads torch may use in the calling thread: its share of :func:`available_cpus`.
+
+    The share is 1 unless the thread runs inside :func:`sharing_cpus` (several threads scoring
+    tiles at once each get ``available_cpus() // workers``).
+    """
+    return max(1, available_cpus() // getattr(_local, "workers", 1))
+
+
+@contextmanager
+def sharing_cpus(workers: int) -> Iterator[None]:
+    """Within the block, the calling thread is one of ``workers`` sharing the CPUs.
+
+    torch's intra-op thread count is per calling thread; if torch is loaded it is set to the
+    thread's share on entry and restored on exit, so concurrent forward passes do not
+    oversubscribe the cores.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")
+    saved = getattr(_local, "workers", 1), torch.get_num_threads() if torch else None
+    _local.workers = max(1, workers)
+    if torch is not None:
+        torch.set_num_threads(cpu_threads())
+    try:
+        yield
+    finally:
+        _local.workers = saved[0]
+        if torch is not None and saved[1] is not None:
+            torch.set_num_threads(saved[1])
 
 
 def resolve_device(name: str) -> Any:
@@ -39,9 +76,9 @@ def resolve_device(name: str) -> Any:
     """
     import torch
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
+    if name == "auto" and torch.cuda.is_available():
+        return torch.device("cuda")
+    if name in ("auto", "cpu"):
         torch.set_num_threads(cpu_threads())
         return torch.device("cpu")
     if name.startswith("cuda"):

@@ -124,6 +124,26 @@ def test_scores_do_not_depend_on_the_tile_size(trained, scene, tmp_path) -> None
                                    atol=1e-5)
 
 
+def test_scoring_threads_share_the_cpus_and_keep_the_scores(trained, scene, tmp_path) -> None:
+    """Two threads scoring tiles (one torch thread each) against one thread: same mask."""
+    import torch
+
+    paths, _ = scene
+    _, ckpt, _ = trained
+    before_threads = torch.get_num_threads()
+    outs = []
+    for n in (1, 2):
+        out = tmp_path / f"threads{n}"
+        run_detection(paths["before"], paths["after"], out,
+                      _with_model(_config(), ckpt, tile_size=32), threads=n)
+        outs.append(out)
+    assert torch.get_num_threads() == before_threads
+    np.testing.assert_array_equal(_read(outs[0] / "change_mask.tif"),
+                                  _read(outs[1] / "change_mask.tif"))
+    np.testing.assert_allclose(_read(outs[0] / "change_score.tif"),
+                               _read(outs[1] / "change_score.tif"), rtol=0, atol=1e-5)
+
+
 def test_cpu_training_is_deterministic(trained, scene, tmp_path) -> None:
     paths, _ = scene
     run_detection(paths["before"], paths["after"], tmp_path / "again", _config())

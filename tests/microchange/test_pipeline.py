@@ -134,3 +134,17 @@ def test_same_inputs_give_byte_identical_rasters(planted_pair, tmp_path) -> None
         run_detection(before, after, tmp_path / name, DetectConfig(tile_size=64))
     for n in ("change_mask.tif", "change_score.tif"):
         assert (tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes()
+
+
+def test_scoring_threads_do_not_change_outputs(planted_pair, tmp_path) -> None:
+    """Tiles scored by 1 or 3 threads (batches taken in turn) give byte-identical rasters."""
+    before, after, _ = planted_pair
+    ticks: list[tuple[int, int]] = []
+    for n in (1, 3):
+        run_detection(before, after, tmp_path / f"t{n}", DetectConfig(tile_size=32, batch_tiles=2),
+                      threads=n, progress=lambda done, total: ticks.append((done, total)))
+    for name in ("change_mask.tif", "change_score.tif"):
+        assert (tmp_path / "t1" / name).read_bytes() == (tmp_path / "t3" / name).read_bytes()
+    total = ticks[-1][1]
+    assert total > 6 and ticks[-1][0] == total
+    assert [d for d, _ in ticks[len(ticks) // 2:]] == sorted(d for d, _ in ticks[len(ticks) // 2:])

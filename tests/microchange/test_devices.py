@@ -1,0 +1,44 @@
+"""Device and CPU-thread choice for torch (no GPU needed)."""
+
+import threading
+
+import pytest
+import torch
+
+from microchange.errors import ConfigError
+from microchange.features.devices import available_cpus, cpu_threads, resolve_device, sharing_cpus
+
+
+def test_omp_num_threads_bounds_the_cpus(monkeypatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert available_cpus() == 6 and cpu_threads() == 6
+
+
+def test_threads_sharing_the_cpus_each_get_their_share(monkeypatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    seen: dict[str, tuple[int, int]] = {}
+
+    def work(name: str) -> None:
+        with sharing_cpus(2):
+            seen[name] = (cpu_threads(), torch.get_num_threads())
+
+    outer = torch.get_num_threads()
+    threads = [threading.Thread(target=work, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"a": (2, 2), "b": (2, 2)}
+    assert cpu_threads() == 4 and torch.get_num_threads() == outer
+    with sharing_cpus(8):  # more workers than CPUs: one thread each, never zero
+        assert cpu_threads() == 1
+
+
+def test_cuda_without_a_gpu_is_a_config_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ConfigError, match="no CUDA GPU is available here: use --device cpu"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
