@@ -15,10 +15,12 @@ is the same either way.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
 __all__ = ("DaskBlocks", "LocalBlocks", "SampleBlocks", "SampleStatistic", "SwitchedStatistic",
-           "cluster_client")
+           "available_cpus", "cluster_client", "ordered_map")
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -107,20 +109,42 @@ def _arrays_part(fn: Callable[[NDArray[np.float32], NDArray[np.float32], NDArray
 class LocalBlocks(Generic[T]):
     """Blocks held in this process.
 
+    Maps run on ``threads`` threads (NumPy, SciPy and GDAL release the GIL); results keep the
+    block order.
+
     Args:
         items: The blocks, in order.
+        threads: Threads running the per-block functions.
     """
 
-    def __init__(self, items: Sequence[T]) -> None:
+    def __init__(self, items: Sequence[T], *, threads: int = 1) -> None:
         self.items = list(items)
+        self.threads = max(1, threads)
+
+    @classmethod
+    def load(cls, sources: Sequence[Any], load: Callable[[list[Any]], list[T]], *,
+             threads: int = 1) -> LocalBlocks[T]:
+        """Load blocks here: ``load`` turns a consecutive run of ``sources`` into blocks.
+
+        Args:
+            sources: What each block is made from (e.g. a window to read), in order.
+            load: Called once per run of sources (one run per thread, each e.g. with its own
+                reader); may drop some sources.
+            threads: Threads loading runs concurrently.
+        """
+        n = max(1, min(threads, len(sources)))
+        bounds = np.linspace(0, len(sources), n + 1).round().astype(int)
+        runs = [list(sources[a:b]) for a, b in pairwise(bounds)]
+        items = [x for run in ordered_map(load, runs, n) for x in run]
+        return cls(items, threads=threads)
 
     def map(self, fn: Callable[[T], U]) -> LocalBlocks[U]:
         """Apply ``fn`` to every block."""
-        return LocalBlocks([fn(x) for x in self.items])
+        return LocalBlocks(ordered_map(fn, self.items, self.threads), threads=self.threads)
 
     def reduce(self, partial: Callable[[T], P], combine: Callable[[list[P]], R]) -> R:
         """``combine`` (here) of ``partial`` of every block, in block order."""
-        return combine([partial(x) for x in self.items])
+        return combine(ordered_map(partial, self.items, self.threads))
 
     def collect(self) -> list[T]:
         """The blocks as a list, in order."""
@@ -128,6 +152,33 @@ class LocalBlocks(Generic[T]):
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: OMP_NUM_THREADS if set, else the CPUs it may run on.
+
+    Inside Dask workers set OMP_NUM_THREADS (workers x threads <= cores) to avoid oversubscription.
+    """
+    env = os.environ.get("OMP_NUM_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def ordered_map(fn: Callable[[T], U], items: Sequence[T], threads: int) -> list[U]:
+    """``[fn(x) for x in items]``, on ``threads`` threads when there are several.
+
+    For work that releases the GIL (NumPy, SciPy, GDAL, torch); results keep the order of items.
+    """
+    if threads <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(threads, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 class DaskBlocks(Generic[T]):

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import shapely
 
-from microchange.blocks import DaskBlocks, LocalBlocks, SampleBlocks
+from microchange.blocks import DaskBlocks, LocalBlocks, SampleBlocks, available_cpus
 from microchange.config import DetectConfig, PreprocessConfig
 from microchange.coregistration import (
     ShiftField,
@@ -40,7 +40,7 @@ from microchange.coregistration import (
 )
 from microchange.detector import Detector, build_detector
 from microchange.errors import InputError, MicrochangeError, NoOverlapError, OutputError
-from microchange.features.devices import available_cpus, sharing_cpus
+from microchange.features.devices import sharing_cpus
 from microchange.io.cog import assemble_cog, read_part, write_part
 from microchange.io.manifest import (
     file_fingerprint,
@@ -360,7 +360,8 @@ def fit_detection(plan_path: PathLike, *, client: Any = None) -> str:
                            n_pixels=cfg.sample_pixels, seed=cfg.seed)
     samples: SampleBlocks[TileArrays]
     if client is None:
-        samples = LocalBlocks(_read_blocks(str(plan.path), blocks))
+        samples = LocalBlocks.load(blocks, partial(_read_blocks, str(plan.path)),
+                                   threads=available_cpus())
         where = "local"
     else:
         samples = DaskBlocks.load(blocks, partial(_read_blocks, str(plan.path)), client)

@@ -40,7 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
-from microchange.blocks import SampleStatistic
+from microchange.blocks import SampleStatistic, available_cpus, ordered_map
 
 __all__ = ("RADIOMETRIC_METHODS", "RadiometricNormaliser")
 
@@ -210,18 +210,24 @@ class RadiometricNormaliser(SampleStatistic):
             return
         pif = np.ones(n, bool)
         limit = float(stats.chi2.ppf(_PIF_QUANTILE, df=n_bands))
+        threads = available_cpus()  # bands on threads: sorting releases the GIL
+
+        def fit_band(c: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+            return self._fit_band(a[c, pif], b[c, pif])
+
+        def band_d2(c: int) -> NDArray[np.float64]:
+            x, y = knots[c]
+            r = _apply_knots(a[c].astype(np.float32), x, y).astype(np.float64) - b[c]
+            med = np.median(r[pif])
+            scale = _MAD_SCALE * np.median(np.abs(r[pif] - med))
+            return ((r - med) / scale) ** 2 if scale > 0 else np.zeros(n)
+
         for it in range(self.iterations):
-            knots = [self._fit_band(a[c, pif], b[c, pif]) for c in range(n_bands)]
+            knots = ordered_map(fit_band, range(n_bands), threads)
             self._set_knots([k[0] for k in knots], [k[1] for k in knots])
             if it == self.iterations - 1:
                 break
-            d2 = np.zeros(n)
-            for c, (x, y) in enumerate(knots):
-                r = _apply_knots(a[c].astype(np.float32), x, y).astype(np.float64) - b[c]
-                med = np.median(r[pif])
-                scale = _MAD_SCALE * np.median(np.abs(r[pif] - med))
-                if scale > 0:
-                    d2 += ((r - med) / scale) ** 2
+            d2 = np.sum(ordered_map(band_d2, range(n_bands), threads), axis=0)
             new = d2 <= limit
             if new.sum() < max(2, n // 10):  # too few left to trust: keep the last set
                 break

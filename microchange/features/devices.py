@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from microchange.blocks import available_cpus
 from microchange.errors import ConfigError
 
 __all__ = ("available_cpus", "cpu_threads", "resolve_device", "sharing_cpus")
 
 _local = threading.local()
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: OMP_NUM_THREADS if set, else the CPUs it may run on.
-
-    Inside Dask workers set OMP_NUM_THREADS (workers x threads <= cores) to avoid oversubscription.
-    """
-    env = os.environ.get("OMP_NUM_THREADS")
-    if env and env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def cpu_threads() -> int:

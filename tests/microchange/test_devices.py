@@ -5,8 +5,9 @@ import threading
 import pytest
 import torch
 
+from microchange.blocks import available_cpus
 from microchange.errors import ConfigError
-from microchange.features.devices import available_cpus, cpu_threads, resolve_device, sharing_cpus
+from microchange.features.devices import cpu_threads, resolve_device, sharing_cpus
 
 
 def test_omp_num_threads_bounds_the_cpus(monkeypatch) -> None:

@@ -236,3 +236,27 @@ def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path) -> None:
     torch.save({"weight": torch.zeros(3)}, other)
     with pytest.raises(ConfigError, match="not a microchange learned-extractor checkpoint"):
         checkpoints.load(other)
+
+
+def test_adam_matches_torch_optim_adam_bit_for_bit() -> None:
+    """The hand-written Adam (no torch._dynamo import) updates exactly as torch.optim.Adam."""
+    import torch
+
+    from microchange.features.learned import _Adam
+
+    def train(make) -> list:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+                                  torch.nn.Conv2d(8, 2, 1))
+        opt = make(net.parameters())
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(20):
+            loss = net(torch.randn(4, 3, 16, 16, generator=gen)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return [p.detach() for p in net.parameters()]
+
+    ours = train(lambda ps: _Adam(ps, lr=1e-2))
+    theirs = train(lambda ps: torch.optim.Adam(ps, lr=1e-2))
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
