@@ -163,6 +163,18 @@ class Detector:
                 "noise_level": (None if self.noise.level is None
                                 else [float(v) for v in self.noise.level])}
 
+    def fitted_features(self) -> dict[str, Any]:
+        """Where the features were computed and, for trained networks, how training went."""
+        device = getattr(self.extractor, "device", None)
+        out: dict[str, Any] = {"device": "cpu" if device is None else str(device)}
+        objective = getattr(self.extractor, "objective", None)
+        if objective is not None:
+            out["objective"] = objective
+        training = getattr(self.extractor, "training", None)
+        if training:
+            out["training"] = training
+        return out
+
     def _parts(self) -> tuple[tuple[str, Any], ...]:
         return (("radiometry", self.radiometry), ("speckle", self.speckle), ("log", self.log),
                 ("noise", self.noise), ("extractor", self.extractor), ("scorer", self.scorer))

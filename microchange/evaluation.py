@@ -462,6 +462,8 @@ def evaluate_run(
     metrics.update(
         pr_auc=ranking["pr_auc"],
         roc_auc=ranking["roc_auc"],
+        best_f1=ranking["best_f1"],
+        best_f1_threshold=ranking["best_f1_threshold"],
         object_recall=objects.summary(),
         threshold=_run_threshold(out),
         truth=str(Path(truth).resolve()),
@@ -506,8 +508,10 @@ def ranking_metrics(
             first and last always kept).
 
     Returns:
-        ``roc_auc`` (None unless both classes are present), ``pr_auc`` (None without positives)
-        and ``pr_curve``: lists ``recall``, ``precision`` and ``threshold`` by decreasing
+        ``roc_auc`` (None unless both classes are present), ``pr_auc`` (None without positives),
+        ``best_f1`` and ``best_f1_threshold`` (the F1 of the best single score threshold, with
+        the truth known: what the scores allow, whatever the threshold rule; None without
+        positives) and ``pr_curve``: lists ``recall``, ``precision`` and ``threshold`` by decreasing
         threshold (empty without positives).
 
     Raises:
@@ -522,7 +526,8 @@ def ranking_metrics(
     if max_points < 2:
         raise InputError(f"max_points must be >= 2, got {max_points!r}")
     n_pos, n_neg = int(pos.sum()), int(neg.sum())
-    result: dict[str, Any] = {"roc_auc": None, "pr_auc": None,
+    result: dict[str, Any] = {"roc_auc": None, "pr_auc": None, "best_f1": None,
+                              "best_f1_threshold": None,
                               "pr_curve": {"recall": [], "precision": [], "threshold": []}}
     if n_pos == 0:
         return result
@@ -532,6 +537,10 @@ def ranking_metrics(
     recall = tps / n_pos
     precision = tps / (tps + fps)
     result["pr_auc"] = float(np.sum(np.diff(recall, prepend=0.0) * precision))
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-300)
+    best = int(np.argmax(f1))
+    result["best_f1"] = float(f1[best])
+    result["best_f1_threshold"] = float(edges[order[best]])
     if n_neg:
         tpr = np.concatenate([[0.0], recall])
         fpr = np.concatenate([[0.0], fps / n_neg])

@@ -385,6 +385,7 @@ def fit_detection(plan_path: PathLike, *, client: Any = None) -> str:
                    "score_quantiles": dict(zip(["p50", "p90", "p99", "p99.9"],
                                                [float(v) for v in q], strict=True))},
         "fitted_preprocess": detector.fitted_preprocess(),
+        "features": detector.fitted_features(),
         "fit_s": round(time.perf_counter() - t0, 3),
     })
     log.info("fitted %s on %d sample pixels; threshold %s = %.4g", detector.method, scores.size,
@@ -644,7 +645,8 @@ def finalise_detection(plan_path: PathLike, *, started: float | None = None) -> 
             "postprocess": {**plan.config.resolved_postprocess().model_dump(),
                             "min_region_px_effective": plan.doc["min_region_px"]},
             "preprocess": plan.config.resolved_preprocess().model_dump(),
-            "device": "cpu",
+            "device": fit["features"]["device"],
+            "features": fit["features"],
             "threshold": fit["threshold"],
             "fitted_preprocess": fit["fitted_preprocess"],
             "sample": fit["sample"],

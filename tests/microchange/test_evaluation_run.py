@@ -11,7 +11,7 @@ import pytest
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from scipy import ndimage
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from microchange.config import DetectConfig, PreprocessConfig
 from microchange.errors import GridMismatchError, InputError
@@ -141,6 +141,10 @@ def test_aucs_match_sklearn_on_random_data(tmp_path, seed) -> None:
     assert m["roc_auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-3)
     assert m["pr_auc"] == pytest.approx(average_precision_score(y, s), abs=1e-3)
     assert len(m["pr_curve"]["recall"]) <= 200
+    p, r, t = precision_recall_curve(y, s)
+    f1 = 2 * p * r / np.maximum(p + r, 1e-12)
+    assert m["best_f1"] == pytest.approx(f1.max(), abs=2e-3)
+    assert m["best_f1_threshold"] == pytest.approx(t[np.argmax(f1[:-1])], abs=0.05)
 
 
 def test_ranking_metrics_edge_cases() -> None:
@@ -151,6 +155,7 @@ def test_ranking_metrics_edge_cases() -> None:
     assert only_pos["roc_auc"] is None and only_pos["pr_auc"] == 1.0
     tied = ranking_metrics(np.array([0, 2, 0, 0]), np.array([0, 6, 0, 0]), edges)
     assert tied["roc_auc"] == 0.5 and tied["pr_auc"] == 0.25
+    assert none["best_f1"] is None and tied["best_f1"] == pytest.approx(2 * 0.25 / 1.25)
     with pytest.raises(InputError, match="edges"):
         ranking_metrics(np.zeros(4, int), np.zeros(4, int), np.linspace(0, 1, 4))
 

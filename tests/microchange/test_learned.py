@@ -144,6 +144,17 @@ def test_scoring_threads_share_the_cpus_and_keep_the_scores(trained, scene, tmp_
                                _read(outs[1] / "change_score.tif"), rtol=0, atol=1e-5)
 
 
+def test_run_json_records_device_and_training(trained) -> None:
+    import json
+
+    _, _, fly = trained
+    features = json.loads((fly / "run.json").read_text())["features"]
+    assert features["device"] == "cpu" and features["objective"] == "cross"
+    training = features["training"]
+    assert 1 <= training["epochs_run"] <= EPOCHS
+    assert len(training["loss_history"]) == training["epochs_run"]
+
+
 def test_cpu_training_is_deterministic(trained, scene, tmp_path) -> None:
     paths, _ = scene
     run_detection(paths["before"], paths["after"], tmp_path / "again", _config())
