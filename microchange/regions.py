@@ -185,13 +185,15 @@ def extract_regions(
         if not n:
             continue
         labels = np.where(glob > 0, glob - (linker.offset - n), 0)
-        idx = np.arange(1, n + 1)
         s = np.where(np.isfinite(score), score, 0.0).astype(np.float64)
         flat = labels.ravel()
         counts.append(np.asarray(np.bincount(flat, minlength=n + 1)[1:], np.float64))
         sums.append(np.asarray(np.bincount(flat, weights=s.ravel(), minlength=n + 1)[1:],
                                np.float64))
-        maxes.append(np.asarray(ndimage.maximum(s, labels, idx), dtype=np.float64))
+        inside = flat > 0
+        mx_tile = np.full(n, -np.inf)
+        np.maximum.at(mx_tile, flat[inside] - 1, s.ravel()[inside])
+        maxes.append(mx_tile)
         piece_tile.append(np.full(n, tile.tile_id, dtype=np.int64))
         transform = grid.window_transform(tile.row_off, tile.col_off)
         for geom, value in shapes(

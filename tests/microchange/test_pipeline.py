@@ -58,6 +58,9 @@ def test_output_contract(planted_pair, tmp_path) -> None:
     # the 8x8 change at rows/cols 60..67 crosses the 64-px tile border: one polygon, 4 tiles
     big = changes[changes["area_px"] == 64].iloc[0]
     assert big.geometry.geom_type == "Polygon" and sorted(big["tile_ids"]) == [0, 1, 3, 4]
+    score = _read(out / "change_score.tif")[60:68, 60:68].astype(np.float64)
+    assert big["score_max"] == pytest.approx(score.max())
+    assert big["score_mean"] == pytest.approx(score.mean())
     geo = json.loads(pq.read_schema(out / "changes.parquet").metadata[b"geo"])
     assert geo["version"] == "1.1.0" and geo["columns"]["geometry"]["encoding"] == "WKB"
     assert geo["columns"]["geometry"]["crs"]["id"]["code"] == 32633
