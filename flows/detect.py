@@ -4,14 +4,19 @@ import time
 from typing import Any
 
 from prefect import Flow, flow, unmapped
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.runners import dask_task_runner
+from microchange.blocks import available_cpus
 from microchange.config import DetectConfig
 from microchange.pipeline import discard_run, tile_batches
 from tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
 
 
-@flow(name="detect-changes", log_prints=True)
+@flow(name="detect-changes", log_prints=True,
+      # one tile batch per CPU at a time: Prefect's default pool is unbounded (every batch in
+      # memory at once)
+      task_runner=ThreadPoolTaskRunner(max_workers=available_cpus()))
 def detect_changes(
     before: str,
     after: str,

@@ -7,8 +7,9 @@ from typing import Any
 from prefect import task
 
 from microchange import pipeline
-from microchange.blocks import cluster_client
+from microchange.blocks import available_cpus, cluster_client
 from microchange.config import DetectConfig
+from microchange.features.devices import sharing_cpus
 
 
 @task(name="plan-tiles", retries=2, retry_delay_seconds=2)
@@ -29,8 +30,12 @@ def fit_on_sample(plan: str) -> str:
 
 @task(name="score-tiles", retries=1, retry_delay_seconds=2)
 def score_tiles(plan: str, tile_ids: list[int]) -> list[int]:
-    """Score and write one batch of tiles. See microchange.pipeline.score_tiles."""
-    return pipeline.score_tiles(plan, tile_ids)
+    """Score and write one batch of tiles. See microchange.pipeline.score_tiles.
+
+    Batches run side by side, one per CPU, so torch gets one CPU thread per batch.
+    """
+    with sharing_cpus(available_cpus()):
+        return pipeline.score_tiles(plan, tile_ids)
 
 
 @task(name="finalise-outputs", retries=1, retry_delay_seconds=2)

@@ -50,3 +50,11 @@ def test_flow_parameters_are_documented_for_the_ui() -> None:
     assert "t0" in props["before"]["description"]
     config_def = schema.definitions["DetectConfig"]["properties"]
     assert all(field.get("description") for field in config_def.values())
+
+
+def test_flow_runs_one_tile_batch_per_cpu_at_a_time() -> None:
+    """Prefect's default thread pool is unbounded: every batch would be in memory at once."""
+    from flows.detect import detect_changes
+    from microchange.blocks import available_cpus
+
+    assert detect_changes.task_runner._max_workers == available_cpus()  # no public accessor
