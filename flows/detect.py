@@ -16,7 +16,7 @@ from tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tile
 @flow(name="detect-changes", log_prints=True,
       # one tile batch per CPU at a time: Prefect's default pool is unbounded (every batch in
       # memory at once)
-      task_runner=ThreadPoolTaskRunner(max_workers=available_cpus()))
+      task_runner=ThreadPoolTaskRunner(max_workers=available_cpus()))  # type: ignore[arg-type]
 def detect_changes(
     before: str,
     after: str,
