@@ -28,8 +28,10 @@ Each measurement runs in a fresh Python process, which reports its own wall time
   mask ``score > 0``, so both compress like real outputs.
 * **features** (only methods whose feature extractor is not the plain band z-scores, i.e. CNN
   methods): the bare forward pass, ``extractor.extract_batch`` (else ``extract`` per tile), on
-  the same 512-px tiles with their halo in the pipeline's batches, after fitting; reading and
-  preprocessing are not timed.
+  the same 512-px tiles with their halo in the pipeline's batches, after fitting, with the
+  pipeline's parallelism (one batch per CPU thread, torch's threads shared); reading and
+  preprocessing are not timed. *train s* is the training on the pair inside the fit stage
+  (``run.json`` ``features.training.seconds``).
 
 ``--gdal-cache MB`` sets ``GDAL_CACHEMAX`` for every measured run; by default GDAL keeps up to 5 %
 of the RAM of decoded blocks, which shows up in the peak RSS of large rasters.
@@ -61,7 +63,7 @@ GEN_BLOCK = 2048
 FLOOR_TILE = 512
 COLUMNS = ("size", "method", "seconds", "MPx/s", "peak RSS MiB", "floor s", "floor MPx/s",
            "floor RSS MiB", "pipeline/floor", "peak fit/score/finalise MiB", "regions",
-           "features s", "pipeline/features", "load 1m")
+           "features s", "train s", "pipeline/features", "load 1m")
 
 
 # -- memory probes ---------------------------------------------------------------------------
@@ -176,7 +178,8 @@ def child_pipeline(before: str, after: str, out: str, method: str) -> dict[str, 
             "load_1m": os.getloadavg()[0],
             "stage_peak_mib": stage_peaks if can_reset else {},
             "timings": summary["timings"], "regions": run["counts"]["regions"],
-            "changed_fraction": run["counts"]["changed_fraction"]}
+            "changed_fraction": run["counts"]["changed_fraction"],
+            "train_s": (run.get("features", {}).get("training") or {}).get("seconds")}
 
 
 def child_floor(before: str, after: str, out: str) -> dict[str, Any]:
@@ -220,9 +223,11 @@ def child_floor(before: str, after: str, out: str) -> dict[str, Any]:
 
 
 def child_features(before: str, after: str, out: str, method: str) -> dict[str, Any]:
+    from microchange.blocks import available_cpus, ordered_map
     from microchange.config import DetectConfig
     from microchange.detector import build_detector
     from microchange.features.bands import BandFeatures
+    from microchange.features.devices import sharing_cpus
     from microchange.pipeline import _Plan, fit_detection, plan_detection
 
     cfg = DetectConfig(method=method)
@@ -235,16 +240,25 @@ def child_features(before: str, after: str, out: str, method: str) -> dict[str, 
     _reset_peak()
     seconds = 0.0
     batch = max(1, cfg.batch_tiles)
+    threads = available_cpus()  # as the pipeline: one batch per thread, torch's threads shared
     batch_fn = getattr(det.extractor, "extract_batch", None)
-    with plan.reader() as pair:
-        for start in range(0, len(plan.tiles), batch):
-            prepared = [det._prepare(pair.read_tile(t)) for t in plan.tiles[start:start + batch]]
-            t0 = time.perf_counter()
+
+    def forward(prepared: list[Any]) -> None:
+        with sharing_cpus(threads):
             if batch_fn is not None:
                 batch_fn(prepared)
             else:
                 for p in prepared:
                     det.extractor.extract(p)
+
+    with plan.reader() as pair:
+        step = batch * threads
+        for start in range(0, len(plan.tiles), step):
+            tiles = plan.tiles[start:start + step]
+            prepared = [det._prepare(pair.read_tile(t)) for t in tiles]
+            batches = [prepared[i:i + batch] for i in range(0, len(prepared), batch)]
+            t0 = time.perf_counter()
+            ordered_map(forward, batches, threads)
             seconds += time.perf_counter() - t0
     return {"seconds": seconds, "peak_kib": _status_kib("VmHWM")}
 
@@ -324,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 "regions": pipe["regions"],
                 "load 1m": pipe["load_1m"],
                 "features s": feat["seconds"],
+                "train s": pipe["train_s"],
                 "pipeline/features": (pipe["seconds"] / feat["seconds"]
                                       if feat["seconds"] else None),
             }

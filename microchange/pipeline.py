@@ -29,7 +29,13 @@ import numpy as np
 import pyarrow as pa
 import shapely
 
-from microchange.blocks import DaskBlocks, LocalBlocks, SampleBlocks, available_cpus
+from microchange.blocks import (
+    DaskBlocks,
+    LocalBlocks,
+    SampleBlocks,
+    available_cpus,
+    ordered_map,
+)
 from microchange.config import DetectConfig, PreprocessConfig
 from microchange.coregistration import (
     ShiftField,
@@ -591,11 +597,14 @@ def finalise_detection(plan_path: PathLike, *, started: float | None = None) -> 
             plan.grid,
             min_px=int(plan.doc["min_region_px"]),
         )
-        assemble_cog([(t, plan.part("mask", t.tile_id)) for t in plan.tiles], plan.grid,
-                     tmp["change_mask.tif"], dtype="uint8", nodata=255, resampling="nearest")
-        assemble_cog([(t, plan.part("score", t.tile_id)) for t in plan.tiles], plan.grid,
-                     tmp["change_score.tif"], dtype="float32", nodata=math.nan,
-                     resampling="average")
+        def _cog(kind: str) -> None:
+            name, dtype, nodata, resampling = (
+                ("change_mask.tif", "uint8", 255, "nearest") if kind == "mask"
+                else ("change_score.tif", "float32", math.nan, "average"))
+            assemble_cog([(t, plan.part(kind, t.tile_id)) for t in plan.tiles], plan.grid,
+                         tmp[name], dtype=dtype, nodata=nodata, resampling=resampling)
+
+        ordered_map(_cog, ["mask", "score"], available_cpus())  # GDAL releases the GIL
         t_cog = time.perf_counter()
         stats_list = [stats[i] for i in ids]
         regions = extract_regions(
