@@ -48,9 +48,10 @@ def test_same_image_twice(quiet_scene, tmp_path, sensor) -> None:
     assert s["counts"]["changed_fraction"] < 0.001
 
 
-# the sensor's default, and every scorer on the band features with its own default threshold
+# the sensor's default, every scorer on the band features with its own default threshold, and
+# the 'learned' method with its defaults (distance + auto on optical, cluster on SAR)
 SCORED = [(None, None), ("cva", None), ("pca-kmeans", None), ("cva", "mahalanobis"),
-          ("cva", "density")]
+          ("cva", "density"), ("learned", None)]
 
 
 @pytest.mark.parametrize(("method", "scorer"), SCORED)

@@ -120,3 +120,14 @@ def test_sensor_defaults_are_the_measured_best_combinations() -> None:
     assert build_detector(DetectConfig(sensor="sar")).method == "cva+density"
     assert build_detector(DetectConfig(sensor="sar", method="cva")).method == "cva"
     assert build_detector(DetectConfig(sensor="sar", scorer="cluster")).method == "cva+cluster"
+
+
+def test_learned_takes_its_sensor_default_scorer_and_a_safe_threshold() -> None:
+    from microchange.detector import build_detector
+
+    optical = build_detector(DetectConfig(method="learned"))
+    assert optical.method == "learned" and optical.default_threshold == "auto"
+    sar = build_detector(DetectConfig(method="learned", sensor="sar"))
+    assert sar.method == "learned+cluster" and sar.default_threshold == "value:0"
+    explicit = build_detector(DetectConfig(method="learned", sensor="sar", scorer="distance"))
+    assert explicit.method == "learned+distance" and explicit.default_threshold == "auto"
