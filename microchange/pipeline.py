@@ -153,26 +153,29 @@ def _prepared_block(pair: PairReader, pre: PreprocessConfig, r: int, c: int, h: 
 
 def _cell_shifts(pair: PairReader, pre: PreprocessConfig, cell: int
                  ) -> tuple[list[float], list[float], list[list[tuple[float, float] | None]]]:
-    """Phase-correlation shift of the central block of every cell of a coarse grid."""
+    """Phase-correlation shift of the central block of every cell of a coarse grid.
+
+    Rows of cells are read and correlated on threads, each with its own reader.
+    """
     g = pair.grid
     row_starts = list(range(0, g.height, cell))
     col_starts = list(range(0, g.width, cell))
-    rows, cols = [], []
-    for r in row_starts:
-        rows.append(r + (min(cell, g.height - r) - 1) / 2)
-    for c in col_starts:
-        cols.append(c + (min(cell, g.width - c) - 1) / 2)
-    shifts: list[list[tuple[float, float] | None]] = []
-    for r, rc in zip(row_starts, rows, strict=True):
-        line: list[tuple[float, float] | None] = []
+    rows = [r + (min(cell, g.height - r) - 1) / 2 for r in row_starts]
+    cols = [c + (min(cell, g.width - c) - 1) / 2 for c in col_starts]
+
+    def line(k: int) -> list[tuple[float, float] | None]:
+        r, rc = row_starts[k], rows[k]
         h = min(_COREG_CELL_BLOCK, cell, g.height - r)
-        for c, cc in zip(col_starts, cols, strict=True):
-            w = min(_COREG_CELL_BLOCK, cell, g.width - c)
-            r0 = min(max(0, round(rc - h / 2)), g.height - h)
-            c0 = min(max(0, round(cc - w / 2)), g.width - w)
-            line.append(block_shift(*_prepared_block(pair, pre, r0, c0, h, w)))
-        shifts.append(line)
-    return rows, cols, shifts
+        r0 = min(max(0, round(rc - h / 2)), g.height - h)
+        out: list[tuple[float, float] | None] = []
+        with pair.reopen() as own:
+            for c, cc in zip(col_starts, cols, strict=True):
+                w = min(_COREG_CELL_BLOCK, cell, g.width - c)
+                c0 = min(max(0, round(cc - w / 2)), g.width - w)
+                out.append(block_shift(*_prepared_block(own, pre, r0, c0, h, w)))
+        return out
+
+    return rows, cols, ordered_map(line, range(len(row_starts)), available_cpus())
 
 
 def _estimate_coregistration(

@@ -272,6 +272,9 @@ class PairReader:
         after_shift_field: ShiftField | None = None,
         masks: MaskConfig | None = None,
     ) -> None:
+        self._args: dict[str, Any] = {
+            "before": before, "after": after, "bands": bands, "after_shift": after_shift,
+            "after_shift_field": after_shift_field, "masks": masks}
         self.after_shift = (float(after_shift[0]), float(after_shift[1]))
         self.after_shift_field = after_shift_field
         self.before_path = str(before)
@@ -501,6 +504,13 @@ class PairReader:
         return float(area * (crs.linear_units_factor[1] ** 2))
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def reopen(self) -> PairReader:
+        """A new reader of the same inputs with the same options.
+
+        One per thread: GDAL datasets must not be shared between threads.
+        """
+        return PairReader(**self._args)
+
     def close(self) -> None:
         """Close every open dataset."""
         if self._masks is not None:
