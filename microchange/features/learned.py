@@ -186,13 +186,25 @@ def _build_net(arch: Architecture, bands: int, seed: int) -> nn.Module:
     return net
 
 
-def _features(net: nn.Module, arch: Architecture, b: torch.Tensor,
-              a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _features(net: nn.Module, arch: Architecture, b: torch.Tensor, a: torch.Tensor
+              ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Channel groups of the features of both dates (stacked by the caller, in one copy)."""
     if arch.objective == "cross":
         assert isinstance(net, _CrossNet)
-        return torch.cat([net.ab(b), b], 1), torch.cat([a, net.ba(a)], 1)
+        return (net.ab(b), b), (a, net.ba(a))
     assert isinstance(net, _DaeNet)
-    return net.encoder(b), net.encoder(a)
+    return (net.encoder(b),), (net.encoder(a),)
+
+
+def _stacked(parts: tuple[torch.Tensor, ...]) -> NDArray[np.float32]:
+    """(N, sum C, H, W) float32 array of channel groups: one copy, whatever their memory format."""
+    n, _, h, w = parts[0].shape
+    out = np.empty((n, sum(int(p.shape[1]) for p in parts), h, w), np.float32)
+    k = 0
+    for p in parts:
+        out[:, k:k + p.shape[1]] = p.float().cpu().numpy()
+        k += p.shape[1]
+    return out
 
 
 def _masked_huber(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -534,8 +546,7 @@ class LearnedFeatures:
                     fb, fa = _features(net, self.arch, b, a)
             else:
                 fb, fa = _features(net, self.arch, b, a)
-            return (fb.float().cpu().contiguous().numpy(),
-                    fa.float().cpu().contiguous().numpy())
+            return _stacked(fb), _stacked(fa)
 
     # -- persistence ----------------------------------------------------------------------------
     def state(self) -> State:
