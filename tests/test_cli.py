@@ -36,6 +36,14 @@ def test_bad_options_exit_2_with_a_message(planted_pair, tmp_path, capsys, args,
     assert not (tmp_path / "o" / "run.json").exists()
 
 
+def test_bad_thread_count_exits_2(planted_pair, tmp_path, capsys) -> None:
+    before, after, _ = planted_pair
+    with pytest.raises(SystemExit) as exc:  # argparse's own exit
+        main(["detect", str(before), str(after), "--out", str(tmp_path / "o"), "--threads", "0"])
+    assert exc.value.code == 2
+    assert "'0' is not a positive whole number: use e.g. 2" in capsys.readouterr().err
+
+
 def test_missing_input_exit_2(planted_pair, tmp_path, capsys) -> None:
     before, _, _ = planted_pair
     code = main(["detect", str(before), str(tmp_path / "missing.tif"), "--out", str(tmp_path)])
