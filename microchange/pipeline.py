@@ -116,7 +116,7 @@ class _Plan:
         return self.staging / "parts" / f"{kind}_{tile_id:06d}.{suffix}"
 
 
-def _input_info(path: str, files: Sequence[str], ds: Any,
+def _input_info(path: str, files: Sequence[str], ds: Any, fingerprints: dict[str, Any],
                 bands: Sequence[Any] | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {
         "path": str(Path(path).resolve()),
@@ -127,7 +127,7 @@ def _input_info(path: str, files: Sequence[str], ds: Any,
         "driver": ds.driver,
         "crs": ds.crs.to_string() if ds.crs else None,
         "nodata": ds.nodata,
-        "files": [file_fingerprint(f) for f in files],
+        "files": [fingerprints[f] for f in files],
     }
     if bands is not None:  # a stack of single-band files: which file each band came from
         info["bands"] = [b.as_dict() for b in bands]
@@ -275,14 +275,19 @@ def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: Det
         raise InputError(f"--out {str(out)!r} is a file: give a folder for the outputs")
     detector = build_detector(config)  # unknown method -> clear error before any I/O
     pre = config.resolved_preprocess()
-    with PairReader(before, after, bands=config.bands, masks=config.masks) as pair:
+    with (PairReader(before, after, bands=config.bands, masks=config.masks) as pair,
+          ThreadPoolExecutor(1) as hasher):
+        files = [*pair._before.files, *pair._after_src.files]
+        # checksums while the co-registration runs (hashlib releases the GIL)
+        hashed = hasher.submit(lambda: {f: file_fingerprint(f) for f in files})
         coreg = _estimate_coregistration(pair, pre, seed=config.seed)
         grid = pair.grid
+        fingerprints = hashed.result()
         inputs = {
-            "before": _input_info(str(before), pair._before.files, pair._before,
+            "before": _input_info(str(before), pair._before.files, pair._before, fingerprints,
                                   pair.sources["before"]),
             "after": _input_info(str(after), pair._after_src.files, pair._after_src,
-                                 pair.sources["after"]),
+                                 fingerprints, pair.sources["after"]),
         }
         if pair.mask_files:
             inputs["masks"] = {k: file_fingerprint(v) for k, v in pair.mask_files.items()}
