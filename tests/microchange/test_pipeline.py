@@ -151,3 +151,23 @@ def test_scoring_threads_do_not_change_outputs(planted_pair, tmp_path) -> None:
     total = ticks[-1][1]
     assert total > 6 and ticks[-1][0] == total
     assert [d for d, _ in ticks[len(ticks) // 2:]] == sorted(d for d, _ in ticks[len(ticks) // 2:])
+
+
+def test_a_failing_scoring_thread_fails_the_run_cleanly(planted_pair, tmp_path, monkeypatch) -> None:
+    """An error in one scoring thread stops the others, is raised, and leaves nothing behind."""
+    before, after, _ = planted_pair
+    real = pipeline.make_mask
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "make_mask", flaky)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="disk full"):
+        run_detection(before, after, out, DetectConfig(tile_size=32, batch_tiles=1), threads=2)
+    assert calls["n"] < 30  # the other thread stopped instead of scoring every tile
+    assert not out.exists() or not any(out.iterdir())
