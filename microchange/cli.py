@@ -151,8 +151,9 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
                    help="replace the method's scorer (all fitted on the global sample)")
     p.add_argument("--sensor", choices=("optical", "sar"),
                    help="sensor family whose defaults apply (default optical)")
-    p.add_argument("--threshold", help="otsu, kittler-illingworth, kmeans, fpr:X (false-alarm "
-                   "rate, e.g. fpr:0.001) or value:X (default: the method's own)")
+    p.add_argument("--threshold", help="auto (Otsu where the scores show evidence of change, "
+                   "else a 1e-4 false-alarm bound), otsu, kittler-illingworth, kmeans, fpr:X "
+                   "(false-alarm rate, e.g. fpr:0.001) or value:X (default: the method's own)")
     p.add_argument("--tile-size", type=int, dest="tile_size",
                    help="tile side in pixels (default 512); results do not depend on it")
     p.add_argument("--bands", type=_parse_bands,

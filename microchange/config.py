@@ -312,7 +312,8 @@ class DetectConfig(BaseModel):
     threshold: str | None = Field(
         None,
         description=(
-            "How scores become a change mask, fitted on the global sample: 'otsu', "
+            "How scores become a change mask, fitted on the global sample: 'auto' (Otsu where "
+            "the scores show evidence of change, else a 1e-4 false-alarm bound), 'otsu', "
             "'kittler-illingworth', 'kmeans', 'fpr:X' (false-alarm rate X under a robust null "
             "model, e.g. fpr:0.001) or 'value:X' (fixed score X); None uses the method's default."
         ),
