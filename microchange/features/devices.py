@@ -18,8 +18,8 @@ _local = threading.local()
 def cpu_threads() -> int:
     """Threads torch may use in the calling thread: its share of :func:`available_cpus`.
 
-    The share is 1 unless the thread runs inside :func:`sharing_cpus` (several threads scoring
-    tiles at once each get ``available_cpus() // workers``).
+    That is all of them, unless the thread runs inside :func:`sharing_cpus`: several threads
+    scoring tiles at once each get ``available_cpus() // workers`` (at least 1).
     """
     return max(1, available_cpus() // getattr(_local, "workers", 1))
 
