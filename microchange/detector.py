@@ -18,12 +18,12 @@ from numpy.typing import NDArray
 
 from microchange.blocks import DaskBlocks, LocalBlocks, SampleBlocks
 from microchange.config import DetectConfig, PreprocessConfig
-from microchange.denoise import NoiseLevel
+from microchange.denoise import NoiseLevel, denoise
 from microchange.errors import UnknownMethodError
 from microchange.features.bands import BandFeatures
 from microchange.features.base import FeatureExtractor, FeatureSample
 from microchange.io.rasters import TileArrays
-from microchange.preprocess import LogTransform, log_transform, preprocess_halo, preprocess_image
+from microchange.preprocess import LogTransform, log_transform, preprocess_halo
 from microchange.radiometry import RadiometricNormaliser
 from microchange.scoring.base import Scorer
 from microchange.scoring.distance import CvaScorer
@@ -103,12 +103,11 @@ class Detector:
         del blocks, samples
         self.speckle.fit_on(mapped)
         self.log.fit_on(mapped)
-        # the noise level of the values as they enter the denoiser
-        self.noise.fit_on(mapped, partial(_noise_part, self.speckle, self.log.offset,
-                                          self.preprocess))
-        prepared = mapped.map(partial(_prepare_block, self.speckle, self.log.offset,
-                                      self.noise.level, self.preprocess)).collect()
+        logged = mapped.map(partial(_speckle_log, self.speckle, self.log.offset, self.preprocess))
         del mapped
+        self.noise.fit_on(logged)  # on the values as they enter the denoiser
+        prepared = logged.map(partial(_denoise_block, self.noise.level, self.preprocess)).collect()
+        del logged
         self.extractor.fit(prepared)
         features = self._extract(prepared)
         del prepared
@@ -205,28 +204,32 @@ def _map_after(radiometry: RadiometricNormaliser, tile: TileArrays) -> TileArray
                       tile.halo)
 
 
-def _noise_part(speckle: SpeckleFilter, log_offset: NDArray[np.float32] | None,
-                pre: PreprocessConfig, tile: TileArrays) -> NDArray[np.float32]:
-    """A block's share of the noise-level fit, on the values as they enter the denoiser."""
-    b, a, v = tile.before, tile.after, tile.valid
-    return NoiseLevel.partial(log_transform(speckle.apply(b, v), v, pre, log_offset=log_offset),
-                              log_transform(speckle.apply(a, v), v, pre, log_offset=log_offset),
-                              v)
+def _speckle_log(speckle: SpeckleFilter, log_offset: NDArray[np.float32] | None,
+                 pre: PreprocessConfig, tile: TileArrays) -> TileArrays:
+    """Speckle filter and log transform of both dates (AFTER already mapped)."""
+    v = tile.valid
+    return TileArrays(log_transform(speckle.apply(tile.before, v), v, pre, log_offset=log_offset),
+                      log_transform(speckle.apply(tile.after, v), v, pre, log_offset=log_offset),
+                      v, tile.halo)
+
+
+def _denoise_block(noise: NDArray[np.float32] | None, pre: PreprocessConfig,
+                   tile: TileArrays) -> FeatureSample:
+    """Denoising of both dates (new arrays), after :func:`_speckle_log`."""
+    v = tile.valid
+    return FeatureSample(
+        denoise(tile.before, v, pre.denoise, pre.smoothing_sigma, noise=noise),
+        denoise(tile.after, v, pre.denoise, pre.smoothing_sigma, noise=noise),
+        v,
+        tile.halo,
+    )
 
 
 def _prepare_block(speckle: SpeckleFilter, log_offset: NDArray[np.float32] | None,
                    noise: NDArray[np.float32] | None, pre: PreprocessConfig,
                    tile: TileArrays) -> FeatureSample:
     """Speckle filter, log transform and denoising of both dates (AFTER already mapped)."""
-    v = tile.valid
-    return FeatureSample(
-        preprocess_image(speckle.apply(tile.before, v), v, pre, log_offset=log_offset,
-                         noise=noise),
-        preprocess_image(speckle.apply(tile.after, v), v, pre, log_offset=log_offset,
-                         noise=noise),
-        v,
-        tile.halo,
-    )
+    return _denoise_block(noise, pre, _speckle_log(speckle, log_offset, pre, tile))
 
 
 def _cva(config: DetectConfig) -> Detector:

@@ -277,7 +277,7 @@ def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: Det
     pre = config.resolved_preprocess()
     with (PairReader(before, after, bands=config.bands, masks=config.masks) as pair,
           ThreadPoolExecutor(1) as hasher):
-        files = [*pair._before.files, *pair._after_src.files]
+        files = [*pair._before.files, *pair._after_src.files, *pair.mask_files.values()]
         # checksums while the co-registration runs (hashlib releases the GIL)
         hashed = hasher.submit(lambda: {f: file_fingerprint(f) for f in files})
         coreg = _estimate_coregistration(pair, pre, seed=config.seed)
@@ -290,7 +290,7 @@ def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: Det
                                  fingerprints, pair.sources["after"]),
         }
         if pair.mask_files:
-            inputs["masks"] = {k: file_fingerprint(v) for k, v in pair.mask_files.items()}
+            inputs["masks"] = {k: fingerprints[v] for k, v in pair.mask_files.items()}
         alignment, warnings, bands = pair.alignment, list(pair.warnings), pair.bands
         pixel_area = pair.pixel_area_m2()
     for w in warnings:
@@ -430,9 +430,9 @@ def _tile_stats(score: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
 class _TileScorer:
     """What scoring tiles needs, opened once: fitted detector, threshold and the pair's reader."""
 
-    def __init__(self, plan_path: PathLike) -> None:
-        self.plan = _Plan(plan_path)
-        self.detector = self.plan.detector()
+    def __init__(self, plan: _Plan) -> None:
+        self.plan = plan
+        self.detector = plan.detector()
         self.threshold = Threshold(**read_json(self.plan.staging / "fit.json")["threshold"])
         self.by_id = {t.tile_id: t for t in self.plan.tiles}
         self.post = self.plan.config.resolved_postprocess()
@@ -444,10 +444,6 @@ class _TileScorer:
 
     def __exit__(self, *exc: object) -> None:
         self.pair.close()
-
-    def todo(self, tile_ids: Sequence[int]) -> list[int]:
-        """The tiles whose part files do not exist yet."""
-        return [tid for tid in tile_ids if not self.plan.part("tile", tid).exists()]
 
     def run(self, ids: Sequence[int]) -> None:
         """Score, threshold and write one batch of tiles (one CNN batch)."""
@@ -480,37 +476,41 @@ def score_tiles(plan_path: PathLike, tile_ids: Sequence[int], *, threads: int = 
     Returns:
         The tile ids processed or found done.
     """
-    with _TileScorer(plan_path) as first:
-        todo = first.todo(tile_ids)
-        if progress is not None and len(todo) < len(tile_ids):
-            progress(len(tile_ids) - len(todo))
-        size = max(1, first.plan.config.batch_tiles)
-        batches = [todo[i:i + size] for i in range(0, len(todo), size)]
-        workers = max(1, min(threads, len(batches)))
-        if workers == 1:
-            for ids in batches:
-                first.run(ids)
-                if progress is not None:
-                    progress(len(ids))
-            return list(tile_ids)
-    queue = iter(batches)
+    plan = _Plan(plan_path)
+    todo = [tid for tid in tile_ids if not plan.part("tile", tid).exists()]
+    if progress is not None and len(todo) < len(tile_ids):
+        progress(len(tile_ids) - len(todo))
+    if not todo:
+        return list(tile_ids)
+    size = max(1, plan.config.batch_tiles)
+    queue = iter([todo[i:i + size] for i in range(0, len(todo), size)])
+    workers = max(1, min(threads, math.ceil(len(todo) / size)))
     lock = threading.Lock()
     failed = threading.Event()
 
+    def _drain(scorer: _TileScorer) -> None:
+        """Score batches from the shared queue until it is empty or a thread failed."""
+        while not failed.is_set():
+            with lock:
+                ids = next(queue, None)
+            if ids is None:
+                return
+            try:
+                scorer.run(ids)
+            except BaseException:
+                failed.set()
+                raise
+            if progress is not None:
+                progress(len(ids))
+
+    if workers == 1:
+        with _TileScorer(plan) as scorer:
+            _drain(scorer)
+        return list(tile_ids)
+
     def _worker() -> None:
-        with sharing_cpus(workers), _TileScorer(plan_path) as scorer:
-            while not failed.is_set():
-                with lock:
-                    ids = next(queue, None)
-                if ids is None:
-                    return
-                try:
-                    scorer.run(ids)
-                except BaseException:
-                    failed.set()
-                    raise
-                if progress is not None:
-                    progress(len(ids))
+        with sharing_cpus(workers), _TileScorer(plan) as scorer:
+            _drain(scorer)
 
     with ThreadPoolExecutor(workers, thread_name_prefix="microchange-score") as pool:
         for future in [pool.submit(_worker) for _ in range(workers)]:
@@ -625,6 +625,7 @@ def finalise_detection(plan_path: PathLike, *, started: float | None = None) -> 
         _write_changes_table(tmp["changes.parquet"], plan, regions)
         t_vec = time.perf_counter()
         fit = read_json(plan.staging / "fit.json")
+        method, scorer = plan.config.resolved_method()
         n_valid = sum(s["n_valid"] for s in stats_list)
         n_changed = sum(s["n_changed"] for s in stats_list)
         px_area = plan.doc["grid"]["pixel_area_m2"]
@@ -649,8 +650,8 @@ def finalise_detection(plan_path: PathLike, *, started: float | None = None) -> 
             "created": plan.doc["created"],
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "parameters": plan.doc["config"],
-            "method": plan.config.resolved_method()[0],
-            "scorer": plan.config.resolved_method()[1],
+            "method": method,
+            "scorer": scorer,
             "inputs": plan.doc["inputs"],
             "bands": plan.doc["bands"],
             "alignment": plan.doc["alignment"],

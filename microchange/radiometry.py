@@ -224,7 +224,6 @@ class RadiometricNormaliser(SampleStatistic):
 
         for it in range(self.iterations):
             knots = ordered_map(fit_band, range(n_bands), threads)
-            self._set_knots([k[0] for k in knots], [k[1] for k in knots])
             if it == self.iterations - 1:
                 break
             d2 = np.sum(ordered_map(band_d2, range(n_bands), threads), axis=0)
@@ -232,6 +231,7 @@ class RadiometricNormaliser(SampleStatistic):
             if new.sum() < max(2, n // 10):  # too few left to trust: keep the last set
                 break
             pif = new
+        self._set_knots([k[0] for k in knots], [k[1] for k in knots])
         self.n_pif = int(pif.sum())
 
     def apply(self, after: NDArray[np.float32], valid: NDArray[np.bool_]) -> NDArray[np.float32]:

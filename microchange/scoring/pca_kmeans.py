@@ -73,13 +73,9 @@ def _no_evidence_bound(x: NDArray[np.float64], levels: NDArray[np.float64],
         levels: Mean ``d`` of the (unchanged, changed) centroids' neighbourhoods.
         significance: False-alarm rate of the bound.
     """
-    from microchange.scoring.thresholds import AUTO_EVIDENCE, fpr_threshold, null_survival
+    from microchange.scoring.thresholds import evidence_above, fpr_threshold
 
-    mean = x.mean(axis=1)
-    boundary = float(levels.mean())
-    observed = float((mean > boundary).mean())
-    null = null_survival(mean, boundary)
-    if null is None or observed >= AUTO_EVIDENCE * null:
+    if evidence_above(x.mean(axis=1), float(levels.mean()))[0]:
         return None
     return fpr_threshold(x[:, x.shape[1] // 2], significance)
 

@@ -36,6 +36,7 @@ __all__ = (
     "THRESHOLD_PATTERN",
     "Threshold",
     "auto_threshold",
+    "evidence_above",
     "fit_threshold",
     "fpr_threshold",
     "kittler_illingworth_threshold",
@@ -255,6 +256,18 @@ def fpr_threshold(values: NDArray[np.floating], fpr: float) -> float:
     return med + float(norm.isf(fpr)) * mad
 
 
+def evidence_above(v: NDArray[np.float64], t: float) -> tuple[bool, float, float | None]:
+    """Whether the share of ``v`` above ``t`` shows change beyond the no-change null model.
+
+    Returns:
+        (evidence, observed share, null share): evidence when the observed share is at least
+        :data:`AUTO_EVIDENCE` times the null's, or the null cannot be fitted.
+    """
+    observed = float((v > t).mean())
+    null = null_survival(v, t)
+    return null is None or observed >= AUTO_EVIDENCE * null, observed, null
+
+
 def auto_threshold(values: NDArray[np.floating]) -> tuple[float, dict[str, Any]]:
     """Otsu when the sample shows evidence of change beyond the null model, else the null bound.
 
@@ -267,11 +280,10 @@ def auto_threshold(values: NDArray[np.floating]) -> tuple[float, dict[str, Any]]
     """
     v = _finite(values)
     otsu = otsu_threshold(v)
-    observed = float((v > otsu).mean())
-    null = null_survival(v, otsu)
+    evidence, observed, null = evidence_above(v, otsu)
     detail: dict[str, Any] = {"otsu": otsu, "share_above_otsu": observed,
                               "null_share_above_otsu": null}
-    if null is None or observed >= AUTO_EVIDENCE * null:
+    if evidence:
         detail["rule"] = "otsu"
         return otsu, detail
     value = fpr_threshold(v, AUTO_FPR)
