@@ -64,3 +64,22 @@ def test_fpr_threshold_is_exact_for_change_vector_magnitudes(dof: int) -> None:
     magnitudes = 0.3 * np.sqrt(rng.chisquare(dof, 400_000))
     t = fit_threshold("fpr:0.001", magnitudes).value
     assert 0.0008 < (magnitudes > t).mean() < 0.0012
+
+
+@pytest.mark.parametrize("changed_share", [0.0, 0.05, 0.25, 0.4])
+def test_auto_keeps_otsu_on_scenes_with_much_change_and_bounds_noise_without(
+        changed_share: float) -> None:
+    # no-change magnitudes are a scaled chi (4 bands); changed pixels a separate, brighter mode
+    rng = np.random.default_rng(7)
+    n = 200_000
+    k = int(n * changed_share)
+    unchanged = 0.3 * np.sqrt(rng.chisquare(4, n - k))
+    values = np.concatenate([unchanged, rng.normal(2.5, 0.4, k)])
+    t = fit_threshold("auto", values)
+    if changed_share == 0.0:
+        assert t.detail["rule"].startswith("fpr")
+        assert (unchanged > t.value).mean() < 0.0005
+    else:
+        # the null, fitted on the lower half, does not swallow a change mode of up to 40 %
+        assert t.detail["rule"] == "otsu"
+        assert (unchanged > t.value).mean() < 0.01 and (values[n - k:] > t.value).mean() > 0.95
