@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                              "normalisation, log transform, speckle filter, denoising (ablation "
                              "baseline)")
     parser.add_argument("--only", default="", help="comma-separated dataset name filter")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the global sample, training and clustering (robustness)")
     parser.add_argument("--objective", default=None,
                         help="objective of the 'learned' method (default: per sensor family)")
     args = parser.parse_args(argv)
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             name, _, scorer = method.partition("+")  # e.g. "backbone+density"
             cfg = DetectConfig(method=None if name == "default" else name, sensor=sensor,
                                scorer=scorer or None,
-                               threshold=args.threshold, bands=pair.bands)
+                               threshold=args.threshold, bands=pair.bands, seed=args.seed)
             if args.objective is not None:
                 cfg = cfg.model_copy(update={"deep": cfg.deep.model_copy(
                     update={"objective": args.objective})})

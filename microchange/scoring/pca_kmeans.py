@@ -38,9 +38,10 @@ changed.
 hold 0 in the features, hence ``d = 0`` there: they count as "no difference" in the neighbourhood
 of valid pixels.
 
-Scoring a tile is ``h * h * components`` shifted multiply-adds over the tile (no per-pixel Python
-loop, no ``(H, W, h * h)`` array): memory is a few ``(H, W)`` float64 arrays, and each pixel's
-score is computed from its own neighbourhood in a fixed order, so it does not depend on the tile.
+Scoring a tile projects it with one 2-D correlation per component (the component reshaped to an
+``h x h`` kernel, :func:`scipy.ndimage.correlate`): no per-pixel Python loop, no
+``(H, W, h * h)`` array; memory is a few ``(H, W)`` float64 arrays, and each pixel's score is
+computed from its own neighbourhood in a fixed order, so it does not depend on the tile.
 """
 
 from __future__ import annotations
@@ -204,19 +205,17 @@ class PcaKMeansScorer:
         """Principal-component coordinates of every pixel's neighbourhood, and (H, W) ``d``."""
         if self._mean is None or self._axes is None:
             raise RuntimeError("PcaKMeansScorer used before fit/load_state")
+        from scipy import ndimage
+
         d = difference_magnitude(block)
-        height, width = d.shape
-        dp = self._padded(d)
         h = self.block
         axes = self._axes
-        proj = np.zeros((axes.shape[0], height, width), dtype=np.float64)
-        tmp = np.empty((height, width), dtype=np.float64)
-        for i in range(h):
-            for j in range(h):
-                shifted = dp[i : i + height, j : j + width]
-                for k in range(axes.shape[0]):
-                    np.multiply(shifted, axes[k, i * h + j], out=tmp)
-                    proj[k] += tmp
+        # numpy's 'reflect' padding of _padded() is scipy's 'mirror'; 'edge' is 'nearest'.
+        mode = "mirror" if min(d.shape) > 1 else "nearest"
+        proj = np.empty((axes.shape[0], *d.shape), dtype=np.float64)
+        for k in range(axes.shape[0]):
+            # one C pass of h*h multiply-adds per component (was h*h numpy passes each)
+            ndimage.correlate(d, axes[k].reshape(h, h), output=proj[k], mode=mode)
         proj -= (axes @ self._mean)[:, None, None]
         return proj, d
 
