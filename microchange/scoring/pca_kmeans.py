@@ -10,11 +10,12 @@ and k-means clustering", IEEE GRSL 6(4), 2009. The method, as implemented here:
    absolute differences would give ``F * h * h`` and weigh each band's noise separately).
 2. **Neighbourhood vectors.** Each pixel is described by the ``h x h`` block of ``d`` centred on
    it (``h`` odd, default 5), so the scorer's halo is ``h // 2``.
-3. **PCA** (:class:`sklearn.decomposition.PCA`) fitted on the neighbourhood vectors of a random
-   subsample (deterministic seed) of the valid core pixels of the *global* sample; the first
+3. **PCA** (eigenvectors of the ``h*h`` covariance, :func:`principal_axes`) fitted on the
+   neighbourhood vectors of a random subsample (deterministic seed) of the valid core pixels of the *global* sample; the first
    ``components`` eigenvectors are kept (Celik keeps those explaining ~90 % of the variance; on
    the difference image the first one, the local mean, already explains most of it).
-4. **k-means** with k = 2 (:class:`sklearn.cluster.KMeans`, fixed ``n_init`` and seed) on the
+4. **k-means** with k = 2 (:func:`two_means`: Lloyd's algorithm from ``n_init`` k-means++ seeds,
+   the lowest inertia kept; numpy only, which spares the 1.2 s import of scikit-learn) on the
    projected subsample. The *changed* cluster is the one whose centroid, mapped back to the
    ``h x h`` neighbourhood, has the larger mean difference magnitude.
 
@@ -54,9 +55,76 @@ from numpy.typing import NDArray
 from microchange.features.base import FeatureSample, State
 from microchange.tiling import crop_core
 
-__all__ = ("PcaKMeansScorer", "difference_magnitude")
+__all__ = ("PcaKMeansScorer", "difference_magnitude", "principal_axes", "two_means")
 
 _N_INIT = 10
+_MAX_ITER = 300
+
+
+def principal_axes(
+    x: NDArray[np.float64], n: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """The ``n`` leading principal axes of the rows of ``x`` (exact: eigenvectors of the covariance).
+
+    Args:
+        x: (m, p) samples, m > 1.
+        n: Axes kept, 1 <= n <= p.
+
+    Returns:
+        (mean (p,), axes (n, p) by decreasing variance, explained variance ratio (n,)). Each
+        axis's largest-magnitude coefficient is positive, so the signs are reproducible.
+    """
+    mean = x.mean(axis=0)
+    centred = x - mean
+    cov = centred.T @ centred / max(x.shape[0] - 1, 1)
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1][:n]
+    axes = vectors[:, order].T.copy()
+    flip = np.sign(axes[np.arange(n), np.argmax(np.abs(axes), axis=1)])
+    axes *= np.where(flip == 0, 1.0, flip)[:, None]
+    total = float(values.clip(min=0).sum())
+    ratio = values[order].clip(min=0) / total if total > 0 else np.zeros(n)
+    return mean, axes, ratio
+
+
+def two_means(x: NDArray[np.float64], *, seed: int, n_init: int = _N_INIT,
+              max_iter: int = _MAX_ITER) -> NDArray[np.float64]:
+    """Centres of 2-means on the rows of ``x``: the best of ``n_init`` k-means++ starts.
+
+    Args:
+        x: (m, p) samples.
+        seed: Seed of the k-means++ draws.
+        n_init: Starts; the solution with the lowest inertia is kept.
+        max_iter: Lloyd iterations per start at most (each stops when the labels stop changing).
+
+    Returns:
+        (2, p) centres.
+    """
+    rng = np.random.default_rng(seed)
+    sq = np.einsum("ij,ij->i", x, x)
+    best, best_inertia = None, np.inf
+    for _ in range(n_init):
+        first = x[rng.integers(x.shape[0])]
+        d0 = sq - 2 * x @ first + first @ first
+        p = d0.clip(min=0)
+        second = x[rng.choice(x.shape[0], p=p / p.sum())] if p.sum() > 0 else first
+        centres = np.stack([first, second])
+        labels = None
+        for _ in range(max_iter):
+            dist = sq[:, None] - 2 * x @ centres.T + np.einsum("ij,ij->i", centres, centres)
+            new = np.argmin(dist, axis=1)
+            if labels is not None and np.array_equal(new, labels):
+                break
+            labels = new
+            for k in (0, 1):
+                members = x[labels == k]
+                if members.shape[0]:
+                    centres[k] = members.mean(axis=0)
+        inertia = float(np.take_along_axis(dist, new[:, None], axis=1).clip(min=0).sum())
+        if inertia < best_inertia:
+            best, best_inertia = centres.copy(), inertia
+    assert best is not None
+    return best
 
 
 def difference_magnitude(block: FeatureSample) -> NDArray[np.float64]:
@@ -174,24 +242,17 @@ class PcaKMeansScorer:
         Raises:
             ValueError: If the sample holds no valid pixel.
         """
-        # sklearn costs ~1.5 s to import: only runs that fit this scorer pay for it.
-        from sklearn.cluster import KMeans
-        from sklearn.decomposition import PCA
-
         x = self._sample_vectors(samples)
         n_comp = min(self.components, x.shape[0])
         # (n, h*h) with n >> h*h: the eigenvectors of the h*h covariance are the exact PCA.
-        pca = PCA(n_components=n_comp, svd_solver="covariance_eigh").fit(x)
-        proj = pca.transform(x)
-        km = KMeans(n_clusters=2, n_init=_N_INIT, random_state=self.seed).fit(proj)
-        centres = np.asarray(km.cluster_centers_, dtype=np.float64)
+        mean, axes, explained = principal_axes(x, n_comp)
+        proj = (x - mean) @ axes.T
+        centres = two_means(proj, seed=self.seed)
         # Mean difference magnitude of each centroid's neighbourhood, back in the d space.
-        level = (pca.mean_ + centres @ pca.components_).mean(axis=1)
+        level = (mean + centres @ axes).mean(axis=1)
         order = np.argsort(level, kind="stable")  # unchanged first, changed second
-        self._mean = np.asarray(pca.mean_, dtype=np.float64)
-        self._axes = np.asarray(pca.components_, dtype=np.float64)
+        self._mean, self._axes, self._explained = mean, axes, explained
         self._centroids = centres[order]
-        self._explained = np.asarray(pca.explained_variance_ratio_, dtype=np.float64)
         self._bound = None
         if self.significance is not None:
             self._bound = _no_evidence_bound(x, level[order], self.significance)

@@ -9,11 +9,12 @@ Specs accepted by ``--threshold``:
 * ``kmeans``: 2-means on the scores; the threshold is the midpoint of the two centres.
 * ``fpr:X``: a false-alarm-rate bound from a robust null model of the no-change scores, fitted on
   the bulk of the sample (most pixels are unchanged): a scaled chi law for non-negative scores
-  (change-vector magnitudes; Gamma fitted to the squared scores by their 10th and 50th percentiles),
-  a Gaussian with median and MAD otherwise; the threshold is its upper
+  (change-vector magnitudes; a Gamma law fitted to the squared scores by their quartiles), a
+  Gaussian with median and MAD otherwise; the threshold is its upper
   ``X`` quantile. ``fpr:0.001`` means "about one false alarm per 1000 unchanged pixels".
 * ``value:X``: a fixed score threshold.
-* ``auto``: Otsu, checked against the no-change null model of ``fpr``: when the share of the
+* ``auto``: Otsu, checked against a no-change null model fitted on the lower half of the scores
+  (10th and 50th percentiles, untouched by up to ~50 % change): when the share of the
   sample above the Otsu threshold is less than 1.5 times what the null model alone predicts, the
   histogram has no second mode and Otsu is splitting noise (the classic failure on pairs with
   little or no change); the threshold is then the null model's ``fpr:0.0001`` bound. The choice
@@ -55,8 +56,10 @@ AUTO_EVIDENCE = 1.5
 """``auto`` keeps Otsu when the sample above it is at least this many times the null's share."""
 AUTO_FPR = 1e-4
 """False-alarm rate of the null-model bound that ``auto`` falls back to."""
-NULL_QUANTILES = (0.10, 0.50)
-"""Quantiles of the squared scores that fix the Gamma null's shape (their ratio) and scale."""
+EVIDENCE_QUANTILES = (0.10, 0.50)
+"""Quantiles of the squared scores that fit the Gamma null of the evidence test (lower half)."""
+BOUND_QUANTILES = (0.25, 0.75)
+"""Quantiles of the squared scores that fit the Gamma null of the ``fpr`` bounds (quartiles)."""
 
 
 @dataclass(frozen=True)
@@ -184,23 +187,30 @@ def kmeans_threshold(values: NDArray[np.floating], *, max_iter: int = 100) -> fl
     return float((c0 + c1) / 2)
 
 
-def _gamma_null(v: NDArray[np.float64]) -> tuple[float, float] | None:
-    """Shape and scale of a Gamma law fitted to the squared scores by two lower quantiles.
+def _gamma_null(v: NDArray[np.float64],
+                quantiles: tuple[float, float]) -> tuple[float, float] | None:
+    """Shape and scale of a Gamma law fitted to the squared scores by two quantiles.
 
     A change-vector magnitude of no-change pixels is a scaled chi: its square is Gamma-distributed
-    (shape = half the effective degrees of freedom). The shape is solved from the ratio of the
-    10th and 50th percentiles of ``v**2`` and the scale from the 50th (:data:`NULL_QUANTILES`).
-    Changed pixels sit in the upper tail, so the lower half stays a sample of no-change scores in
-    scenes where up to about half the pixels changed. The quartiles used before were moved by
-    scenes with 15-25 % change (LEVIR-CD, Beijing): the null's tail then covered the changes and
-    ``auto`` fell back to the 1e-4 bound, an empty change map (optical mean F1 of CVA 0.278 ->
-    0.281, PCA-KMeans 0.281 -> 0.322, learned 0.258 -> 0.331 on the shared pairs).
+    (shape = half the effective degrees of freedom). The shape is solved from the ratio of the two
+    quantiles of ``v**2`` and the scale from the median.
+
+    Two fits serve two questions. *Is there change?* (:func:`null_survival`, the evidence test of
+    ``auto`` and PCA-KMeans) uses the 10th and 50th percentiles (:data:`EVIDENCE_QUANTILES`):
+    changed pixels sit in the upper tail, so the lower half stays a sample of no-change scores in
+    scenes where up to about half the pixels changed. The quartiles were moved by scenes with
+    15-25 % change (LEVIR-CD, Beijing): the null's tail then covered the changes and ``auto`` fell
+    back to the 1e-4 bound, an empty change map. *Where is the false-alarm bound?*
+    (:func:`fpr_threshold`) uses the quartiles (:data:`BOUND_QUANTILES`): ``auto`` only falls back
+    to it when the scene shows no change, and real no-change scores have heavier tails than a
+    Gamma law, which the quartiles follow further out (0.046 % vs 0.092 % of a quiet synthetic
+    pair marked changed at ``fpr:0.0001``).
     """
     from scipy.optimize import brentq
     from scipy.stats import gamma
 
-    qa, qb = NULL_QUANTILES
-    lo_q, hi_q = np.quantile(v * v, [qa, qb])
+    qa, qb = quantiles
+    lo_q, median, hi_q = np.quantile(v * v, [qa, 0.5, qb])
     if lo_q <= 0 or hi_q <= lo_q:
         return None
     ratio = float(hi_q / lo_q)
@@ -213,7 +223,7 @@ def _gamma_null(v: NDArray[np.float64]) -> tuple[float, float] | None:
     if _gap(lo) * _gap(hi) > 0:
         return None
     shape = math.exp(brentq(_gap, lo, hi, xtol=1e-6))
-    return shape, float(hi_q / float(gamma.ppf(qb, shape)))
+    return shape, float(median / float(gamma.median(shape)))
 
 
 def null_survival(v: NDArray[np.float64], t: float) -> float | None:
@@ -221,7 +231,7 @@ def null_survival(v: NDArray[np.float64], t: float) -> float | None:
     from scipy.stats import gamma, norm
 
     if v.min() >= 0:
-        fit = _gamma_null(v)
+        fit = _gamma_null(v, EVIDENCE_QUANTILES)
         if fit is None:
             return None
         return float(gamma.sf(t * t, fit[0], scale=fit[1]))
@@ -234,8 +244,8 @@ def fpr_threshold(values: NDArray[np.floating], fpr: float) -> float:
     """Upper ``fpr`` quantile of a robust no-change null model fitted to the scores.
 
     Non-negative scores (magnitudes, distances) get a scaled-chi null: a Gamma law for the squared
-    scores, fitted on the lower half (:func:`_gamma_null`). Scores that can be negative get a Gaussian null with the median
-    as location and 1.4826 x MAD as scale. Both fits use robust statistics of the bulk, which is
+    scores, fitted by their quartiles (:func:`_gamma_null`). Scores that can be negative get a
+    Gaussian null with the median as location and 1.4826 x MAD as scale. Both fits use robust statistics of the bulk, which is
     unchanged in any scene where change is the exception.
 
     Args:
@@ -254,7 +264,7 @@ def fpr_threshold(values: NDArray[np.floating], fpr: float) -> float:
 
     v = _finite(values)
     if v.min() >= 0:
-        fit = _gamma_null(v)
+        fit = _gamma_null(v, BOUND_QUANTILES)
         if fit is not None:
             from scipy.stats import gamma
 

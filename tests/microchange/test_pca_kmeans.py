@@ -164,3 +164,24 @@ def test_without_significance_check_kmeans_splits_the_noise() -> None:
     core = (slice(2, -2), slice(2, -2))
     assert 0.2 < (plain.score(blocks[0])[core] > 0).mean() < 0.8
     assert (checked.score(blocks[0])[core] > 0).mean() < 0.001
+
+
+def test_numpy_pca_and_two_means_match_scikit_learn() -> None:
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    from microchange.scoring.pca_kmeans import principal_axes, two_means
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.gamma(2.0, 1.0, (9000, 25)), rng.gamma(2.0, 1.0, (1000, 25)) + 3])
+    mean, axes, ratio = principal_axes(x, 3)
+    pca = PCA(3, svd_solver="covariance_eigh").fit(x)
+    np.testing.assert_allclose(np.abs(axes), np.abs(pca.components_), atol=1e-9)
+    np.testing.assert_allclose(ratio, pca.explained_variance_ratio_, atol=1e-12)
+    proj = (x - mean) @ axes.T
+    centres = two_means(proj, seed=0)
+    km = KMeans(2, n_init=10, random_state=0).fit(pca.transform(x))
+    ours = np.sort(np.abs(centres[:, 0]))
+    np.testing.assert_allclose(ours, np.sort(np.abs(km.cluster_centers_[:, 0])), rtol=1e-9)
+    inertia = np.min(((proj[:, None, :] - centres[None]) ** 2).sum(-1), axis=1).sum()
+    assert inertia <= km.inertia_ * (1 + 1e-9)
