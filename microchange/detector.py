@@ -258,8 +258,7 @@ def _backbone(config: DetectConfig) -> Detector:
 def _learned(config: DetectConfig) -> Detector:
     from microchange.features.learned import learned_extractor  # torch only for this method
 
-    # distance + 'auto' when the distance scorer is asked for; the sensor defaults use the
-    # 'cluster' scorer (config.METHOD_SCORERS), measured better on optical and SAR
+    # distance + 'auto'; on SAR the 'cluster' scorer (config.METHOD_SCORERS)
     return Detector("learned", config.resolved_preprocess(), learned_extractor(config),
                     CvaScorer(), default_threshold="auto")
 
