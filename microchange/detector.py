@@ -31,7 +31,7 @@ from microchange.scoring.pca_kmeans import PcaKMeansScorer
 from microchange.speckle import SpeckleFilter
 from microchange.tiling import crop_core
 
-__all__ = ("METHODS", "SCORERS", "Detector", "build_detector", "check_method", "method_names")
+__all__ = ("METHODS", "SCORERS", "Detector", "build_detector", "method_names")
 
 
 class Detector:
@@ -293,34 +293,26 @@ def method_names() -> tuple[str, ...]:
     return tuple(sorted(METHODS))
 
 
-def check_method(config: DetectConfig) -> tuple[str, str | None]:
-    """The config's (method, scorer), checked by name only: cheap, imports nothing heavy.
-
-    Raises:
-        UnknownMethodError: If the method or scorer is not registered; the message lists the
-            names.
-    """
-    method, scorer = config.resolved_method()
-    if method not in METHODS:
-        raise UnknownMethodError(
-            f"unknown method {method!r}: choose one of {', '.join(method_names())}"
-        )
-    if scorer is not None and scorer not in SCORERS:
-        raise UnknownMethodError(f"unknown scorer {scorer!r}: choose one of {', '.join(SCORERS)}")
-    return method, scorer
-
-
 def build_detector(config: DetectConfig) -> Detector:
     """Build the unfitted detector of the config's method and scorer (or its sensor's).
 
     Raises:
-        UnknownMethodError: If the method or scorer is not registered; the message lists the
-            names.
+        UnknownMethodError: If the method is not registered; the message lists the names.
     """
-    method, scorer = check_method(config)
-    detector = METHODS[method](config)
+    method, scorer = config.resolved_method()
+    try:
+        factory = METHODS[method]
+    except KeyError:
+        raise UnknownMethodError(
+            f"unknown method {method!r}: choose one of {', '.join(method_names())}"
+        ) from None
+    detector = factory(config)
     if scorer is not None:
         scorers = _scorer_factories()
+        if scorer not in scorers:
+            raise UnknownMethodError(
+                f"unknown scorer {scorer!r}: choose one of {', '.join(SCORERS)}"
+            )
         detector.scorer, detector.default_threshold = scorers[scorer](config)
         detector.method = f"{method}+{scorer}"
     return detector

@@ -44,7 +44,7 @@ from microchange.coregistration import (
     estimate_shift_field,
     median_shift,
 )
-from microchange.detector import Detector, build_detector, check_method
+from microchange.detector import Detector, build_detector
 from microchange.errors import InputError, MicrochangeError, NoOverlapError, OutputError
 from microchange.features.devices import sharing_cpus
 from microchange.io.cog import assemble_cog, read_part, write_part
@@ -273,18 +273,14 @@ def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: Det
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {str(out)!r} is a file: give a folder for the outputs")
-    check_method(config)  # unknown method or scorer -> clear error before any I/O
+    detector = build_detector(config)  # unknown method -> clear error before any I/O
     pre = config.resolved_preprocess()
     with (PairReader(before, after, bands=config.bands, masks=config.masks) as pair,
-          ThreadPoolExecutor(2) as pool):
+          ThreadPoolExecutor(1) as hasher):
         files = [*pair._before.files, *pair._after_src.files, *pair.mask_files.values()]
-        # checksums and co-registration run on threads (hashlib, GDAL and numpy's FFTs release
-        # the GIL) while the detector is built: for the deep methods that is torch's import,
-        # about 1.4 s, and checking the device and checkpoint
-        hashed = pool.submit(lambda: {f: file_fingerprint(f) for f in files})
-        coregistered = pool.submit(_estimate_coregistration, pair, pre, seed=config.seed)
-        detector = build_detector(config)
-        coreg = coregistered.result()
+        # checksums while the co-registration runs (hashlib releases the GIL)
+        hashed = hasher.submit(lambda: {f: file_fingerprint(f) for f in files})
+        coreg = _estimate_coregistration(pair, pre, seed=config.seed)
         grid = pair.grid
         fingerprints = hashed.result()
         inputs = {
