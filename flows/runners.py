@@ -9,6 +9,8 @@ each and ``OMP_NUM_THREADS=1`` so that numpy, GDAL and torch do not oversubscrib
 import os
 from typing import Any
 
+import dask
+from distributed import LocalCluster
 from prefect_dask.task_runners import DaskTaskRunner
 
 ADDRESS_ENV = "MICROCHANGE_DASK_ADDRESS"
@@ -16,6 +18,40 @@ WORKERS_ENV = "MICROCHANGE_DASK_WORKERS"
 
 _WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                "GDAL_NUM_THREADS": "1", "DASK_LOGGING__DISTRIBUTED": "warning"}
+
+
+class EnvKeepingLocalCluster(LocalCluster):  # type: ignore[misc]
+    """A ``distributed.LocalCluster`` that leaves this process's environment as it found it.
+
+    Before it spawns a worker, distributed's Nanny writes ``distributed.nanny.pre-spawn-environ``
+    (``OMP_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``, ``OPENBLAS_NUM_THREADS=1``,
+    ``MALLOC_TRIM_THRESHOLD_``) into the *parent's* ``os.environ`` and never removes it. In a
+    process that runs several flows, every later local run would then see one CPU
+    (:func:`microchange.blocks.available_cpus` reads ``OMP_NUM_THREADS``) and score its tiles on
+    one thread. The variables are restored once the workers are up and again at close.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        keys = set(dask.config.get("distributed.nanny.pre-spawn-environ", {})) | set(_WORKER_ENV)
+        self._saved_env = {k: os.environ.get(k) for k in keys}
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            self._restore_env()
+
+    def _restore_env(self) -> None:
+        for k, v in self._saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    def close(self, *args: Any, **kwargs: Any) -> Any:
+        """Close the cluster, then restore the environment again."""
+        try:
+            return super().close(*args, **kwargs)
+        finally:
+            self._restore_env()
 
 
 def dask_task_runner(address: str | None = None, workers: int | None = None) -> DaskTaskRunner:
@@ -41,4 +77,5 @@ def dask_task_runner(address: str | None = None, workers: int | None = None) -> 
         "dashboard_address": None,
         "env": _WORKER_ENV,
     }
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs)
+    return DaskTaskRunner(cluster_class="flows.runners.EnvKeepingLocalCluster",
+                          cluster_kwargs=cluster_kwargs)

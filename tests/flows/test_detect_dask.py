@@ -20,17 +20,22 @@ def _same_outputs(a, b) -> None:
 
 
 def test_local_cluster_and_existing_scheduler(prefect_harness, planted_pair, tmp_path) -> None:
-    from distributed import LocalCluster
+    import os
 
     from flows.detect import detect_changes_on_dask
+    from flows.runners import EnvKeepingLocalCluster as LocalCluster
 
     before, after, _ = planted_pair
     config = DetectConfig(tile_size=32)  # 30 tiles -> 8 batches spread over the workers
     run_detection(before, after, tmp_path / "plain", config)
 
+    threads_env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     local = detect_changes_on_dask(workers=2)
     summary = local(before=str(before), after=str(after), out=str(tmp_path / "local"),
                     config=config)
+    # distributed's Nanny sets OMP_NUM_THREADS=1 etc. in the parent before spawning workers;
+    # the runner's cluster restores them, so later local runs here still use every CPU
+    assert {k: os.environ.get(k) for k in threads_env} == threads_env
     assert summary["counts"]["tiles"] == 30
     _same_outputs(tmp_path / "plain", tmp_path / "local")
     # the global sample was read and reduced on the cluster, to the same fit as in-process

@@ -58,6 +58,5 @@ def test_flow_runs_one_tile_batch_per_cpu_at_a_time() -> None:
 
     from flows.detect import detect_changes
 
-    # no public accessor; bounded by the CPUs at import (a LocalCluster started by an earlier
-    # test leaves OMP_NUM_THREADS=1 in this process's environment)
+    # no public accessor; bounded by the CPUs at import
     assert 1 <= detect_changes.task_runner._max_workers <= (os.cpu_count() or 1)
