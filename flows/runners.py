@@ -20,7 +20,7 @@ _WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THR
                "GDAL_NUM_THREADS": "1", "DASK_LOGGING__DISTRIBUTED": "warning"}
 
 
-class EnvKeepingLocalCluster(LocalCluster):  # type: ignore[misc]
+class EnvKeepingLocalCluster(LocalCluster):
     """A ``distributed.LocalCluster`` that leaves this process's environment as it found it.
 
     Before it spawns a worker, distributed's Nanny writes ``distributed.nanny.pre-spawn-environ``
@@ -35,7 +35,7 @@ class EnvKeepingLocalCluster(LocalCluster):  # type: ignore[misc]
         keys = set(dask.config.get("distributed.nanny.pre-spawn-environ", {})) | set(_WORKER_ENV)
         self._saved_env = {k: os.environ.get(k) for k in keys}
         try:
-            super().__init__(*args, **kwargs)
+            super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         finally:
             self._restore_env()
 
