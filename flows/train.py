@@ -14,6 +14,7 @@ def train_feature_extractor(
     after: str,
     out: str,
     config: DetectConfig = DetectConfig(method="learned"),  # noqa: B008 - frozen pydantic model
+    more_pairs: list[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Train the CNN of the 'learned' method on a pair itself, without labels.
 
@@ -28,11 +29,14 @@ def train_feature_extractor(
         out: Checkpoint file to write, e.g. ``models/field42.ckpt``.
         config: Parameters: sensor family, bands, seed, sample size and ``deep`` (objective,
             epochs, patience, device). The method is always 'learned'.
+        more_pairs: More [before, after] pairs of the same sensor and bands to train on; each
+            is co-registered, preprocessed and standardised on its own.
 
     Returns:
         Summary with the checkpoint and loss-curve paths, objective, epochs, losses and timings.
     """
-    summary: dict[str, Any] = train_extractor(before, after, out, config)
+    summary: dict[str, Any] = train_extractor(before, after, out, config,
+                                              more_pairs=more_pairs or ())
     print(f"checkpoint {summary['checkpoint']}: {summary['objective']}, {summary['epochs']} "
           f"epochs, held-out loss {summary['best_loss']:.4g}")
     return summary

@@ -289,6 +289,10 @@ def _add_train_parser(sub: Any) -> None:
     )
     train.add_argument("before", help="raster at t0 (GeoTIFF/COG, ENVI, PNG, ...)")
     train.add_argument("after", help="raster at t1; resampled onto BEFORE's grid if needed")
+    train.add_argument("--pair", nargs=2, action="append", default=[],
+                       metavar=("BEFORE", "AFTER"), dest="pairs",
+                       help="another pair of the same sensor to train on (repeatable): each is "
+                            "co-registered, preprocessed and standardised on its own")
     train.add_argument("--out", required=True, metavar="CKPT",
                        help="checkpoint file to write, e.g. model.ckpt")
     train.add_argument("--sensor", choices=("optical", "sar"),
@@ -331,11 +335,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             from flows.train import train_feature_extractor  # Prefect only when asked for
 
             summary = train_feature_extractor(before=args.before, after=args.after,
-                                              out=args.out, config=config)
+                                              out=args.out, config=config,
+                                              more_pairs=[tuple(p) for p in args.pairs])
         else:
             from microchange.training import train_extractor
 
-            summary = train_extractor(args.before, args.after, args.out, config)
+            summary = train_extractor(args.before, args.after, args.out, config,
+                                      more_pairs=[tuple(p) for p in args.pairs])
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])

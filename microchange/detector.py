@@ -81,13 +81,12 @@ class Detector:
             return list(batch_fn(prepared))
         return [self.extractor.extract(p) for p in prepared]
 
-    def fit(self, samples: Sequence[TileArrays] | SampleBlocks[TileArrays]
-            ) -> NDArray[np.float32]:
-        """Fit the preprocessing statistics, the extractor and the scorer on sample blocks.
+    def prepare_sample(self, samples: Sequence[TileArrays] | SampleBlocks[TileArrays]
+                       ) -> list[FeatureSample]:
+        """Fit the preprocessing statistics on sample blocks and return the blocks prepared.
 
         The statistics (radiometric mapping, speckle level, log offset, noise level) are each a
-        reduction over the blocks, wherever they are held (:mod:`microchange.blocks`); the
-        extractor and the scorer are fitted here on the prepared blocks.
+        reduction over the blocks, wherever they are held (:mod:`microchange.blocks`).
 
         Args:
             samples: Blocks (core + halo of at least :attr:`halo`) spread over the raster: a
@@ -95,7 +94,8 @@ class Detector:
                 :class:`~microchange.blocks.DaskBlocks`.
 
         Returns:
-            1-D float32 scores of the valid core pixels of all samples (to fit a threshold).
+            The blocks after radiometric mapping, speckle filter, log transform and denoising:
+            what the extractor sees.
         """
         blocks = samples if isinstance(samples, LocalBlocks | DaskBlocks) else LocalBlocks(samples)
         self.radiometry.fit_on(blocks)
@@ -106,8 +106,20 @@ class Detector:
         logged = mapped.map(partial(_speckle_log, self.speckle, self.log.offset, self.preprocess))
         del mapped
         self.noise.fit_on(logged)  # on the values as they enter the denoiser
-        prepared = logged.map(partial(_denoise_block, self.noise.level, self.preprocess)).collect()
-        del logged
+        return logged.map(partial(_denoise_block, self.noise.level, self.preprocess)).collect()
+
+    def fit(self, samples: Sequence[TileArrays] | SampleBlocks[TileArrays]
+            ) -> NDArray[np.float32]:
+        """Fit the preprocessing statistics, the extractor and the scorer on sample blocks.
+
+        Args:
+            samples: As for :meth:`prepare_sample`.
+
+        Returns:
+            1-D float32 scores of the valid core pixels of all samples (to fit a threshold).
+        """
+        prepared = self.prepare_sample(samples)
+        del samples
         self.extractor.fit(prepared)
         features = self._extract(prepared)
         del prepared

@@ -46,6 +46,7 @@ from microchange.coregistration import (
 )
 from microchange.detector import Detector, build_detector
 from microchange.errors import InputError, MicrochangeError, NoOverlapError, OutputError
+from microchange.features.base import FeatureSample
 from microchange.features.devices import sharing_cpus
 from microchange.io.cog import assemble_cog, read_part, write_part
 from microchange.io.manifest import (
@@ -70,6 +71,7 @@ __all__ = (
     "finalise_detection",
     "fit_detection",
     "plan_detection",
+    "prepared_sample",
     "run_detection",
     "score_tiles",
     "tile_batches",
@@ -370,22 +372,7 @@ def fit_detection(plan_path: PathLike, *, client: Any = None) -> str:
     plan = _Plan(plan_path)
     cfg = plan.config
     detector = build_detector(cfg)
-    blocks = sample_blocks(plan.grid.height, plan.grid.width, halo=detector.halo,
-                           n_pixels=cfg.sample_pixels, seed=cfg.seed)
-    samples: SampleBlocks[TileArrays]
-    if client is None:
-        samples = LocalBlocks.load(blocks, partial(_read_blocks, str(plan.path)),
-                                   threads=available_cpus())
-        where = "local"
-    else:
-        samples = DaskBlocks.load(blocks, partial(_read_blocks, str(plan.path)), client)
-        n = len(client.nthreads())
-        where = f"dask ({n} worker{'' if n == 1 else 's'})"
-    if not len(samples):
-        raise NoOverlapError(
-            f"no valid pixel in {plan.doc['before']!r} and {plan.doc['after']!r} where both "
-            "overlap: check nodata values and footprints"
-        )
+    blocks, samples, where = _load_sample(plan, detector.halo, client)
     scores = detector.fit(samples)
     del samples
     threshold = fit_threshold(cfg.threshold or detector.default_threshold, scores)
@@ -405,6 +392,50 @@ def fit_detection(plan_path: PathLike, *, client: Any = None) -> str:
     log.info("fitted %s on %d sample pixels; threshold %s = %.4g", detector.method, scores.size,
              threshold.method, threshold.value)
     return str(model)
+
+
+def _load_sample(plan: _Plan, halo: int, client: Any = None
+                 ) -> tuple[list[Any], SampleBlocks[TileArrays], str]:
+    """The plan's global sample blocks (read here or on ``client``'s cluster) and where."""
+    cfg = plan.config
+    blocks = sample_blocks(plan.grid.height, plan.grid.width, halo=halo,
+                           n_pixels=cfg.sample_pixels, seed=cfg.seed)
+    samples: SampleBlocks[TileArrays]
+    if client is None:
+        samples = LocalBlocks.load(blocks, partial(_read_blocks, str(plan.path)),
+                                   threads=available_cpus())
+        where = "local"
+    else:
+        samples = DaskBlocks.load(blocks, partial(_read_blocks, str(plan.path)), client)
+        n = len(client.nthreads())
+        where = f"dask ({n} worker{'' if n == 1 else 's'})"
+    if not len(samples):
+        raise NoOverlapError(
+            f"no valid pixel in {plan.doc['before']!r} and {plan.doc['after']!r} where both "
+            "overlap: check nodata values and footprints"
+        )
+    return blocks, samples, where
+
+
+def prepared_sample(plan_path: PathLike) -> tuple[Detector, list[FeatureSample]]:
+    """The planned pair's global sample, preprocessed as a detection would before its features.
+
+    Used to train the 'learned' extractor on several pairs: each pair is read, and its
+    preprocessing fitted, exactly as in :func:`fit_detection`.
+
+    Args:
+        plan_path: Path returned by :func:`plan_detection`.
+
+    Returns:
+        (the detector whose preprocessing was fitted, the prepared sample blocks).
+
+    Raises:
+        NoOverlapError: If the sample holds no valid pixel.
+    """
+    plan = _Plan(plan_path)
+    detector = build_detector(plan.config)
+    _, samples, _ = _load_sample(plan, detector.halo)
+    return detector, detector.prepare_sample(samples)
 
 
 def tile_batches(plan_path: PathLike, *, batch_size: int = 16) -> list[list[int]]:

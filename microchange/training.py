@@ -1,10 +1,12 @@
-"""Train the 'learned' feature extractor on a pair and save it as a checkpoint.
+"""Train the 'learned' feature extractor on a pair (or several) and save it as a checkpoint.
 
 ``microchange train`` and the flow ``train-feature-extractor`` call :func:`train_extractor`. It
-runs the planning and fitting stages of the detection pipeline, so the network is trained on the
-same global sample (same blocks, seed, co-registration and preprocessing) as in ``microchange
-detect --method learned``: ``detect --model CKPT`` on that pair gives the outputs of a run that
-trains on the fly with the same seed.
+runs the planning stage and the sample preparation of the detection pipeline on each pair, so
+the network is trained on the same global sample (same blocks, seed, co-registration and
+preprocessing) as in ``microchange detect --method learned``: ``detect --model CKPT`` on a pair
+trained alone gives the outputs of a run that trains on the fly with the same seed. More pairs of
+the same sensor (``--pair BEFORE AFTER``) add their own samples, each preprocessed and
+standardised on its own, to the training set.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,8 @@ from microchange.features import checkpoints
 from microchange.features.learned import LearnedFeatures
 from microchange.io.manifest import read_json
 from microchange.io.rasters import PathLike
-from microchange.pipeline import fit_detection, plan_detection
+from microchange.pipeline import plan_detection, prepared_sample
+from microchange.tiling import crop_core
 
 __all__ = ("plot_loss_curve", "train_extractor")
 
@@ -68,13 +72,15 @@ def plot_loss_curve(training: dict[str, Any], path: PathLike, *, title: str = ""
 
 
 def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
-                    config: DetectConfig) -> dict[str, Any]:
-    """Train the 'learned' extractor on BEFORE/AFTER and save it as a checkpoint.
+                    config: DetectConfig,
+                    more_pairs: Sequence[tuple[PathLike, PathLike]] = ()) -> dict[str, Any]:
+    """Train the 'learned' extractor on BEFORE/AFTER (and more pairs) and save a checkpoint.
 
-    Runs the first two stages of a detection (:func:`~microchange.pipeline.plan_detection`:
-    input checks and co-registration; :func:`~microchange.pipeline.fit_detection`: the global
-    sample, preprocessing, training) in a temporary staging folder next to the checkpoint, so the
-    network sees exactly what ``detect --method learned`` would train on.
+    Runs the first stages of a detection on each pair
+    (:func:`~microchange.pipeline.plan_detection`: input checks and co-registration;
+    :func:`~microchange.pipeline.prepared_sample`: the global sample and its preprocessing) in a
+    temporary staging folder next to the checkpoint, so the network sees exactly what
+    ``detect --method learned`` would train on, then trains on all the samples.
 
     Args:
         before: Raster at t0 (any format ``detect`` reads).
@@ -84,6 +90,7 @@ def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
         config: Run parameters; ``sensor``, ``bands``, ``seed``, ``sample_pixels``,
             ``preprocess`` and ``deep`` (objective, epochs, patience, device) are used. The
             method is always 'learned' and ``deep.model`` is ignored.
+        more_pairs: More (before, after) pairs of the same sensor and band count to train on.
 
     Returns:
         Summary: checkpoint and PNG paths, objective, bands, epochs run, final and best
@@ -91,7 +98,8 @@ def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
 
     Raises:
         InputError: If an input or option is bad (unreadable raster, band mismatch, no valid
-            pixel, unknown objective, CUDA asked for without a GPU, --out is a folder).
+            pixel, unknown objective, CUDA asked for without a GPU, --out is a folder, pairs
+            with different band counts).
         OutputError: If the checkpoint cannot be written.
     """
     t0 = time.perf_counter()
@@ -109,21 +117,29 @@ def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
         raise OutputError(f"cannot write next to {str(out)!r} ({exc}): choose a writable "
                           "--out") from exc
     try:
-        plan = plan_detection(before, after, work, cfg)
-        model = fit_detection(plan)
-        detector = build_detector(cfg)
-        detector.load_state(model)
-        extractor = detector.extractor
+        pairs = [(before, after), *more_pairs]
+        plans = [plan_detection(b, a, work / f"pair{k}", cfg) for k, (b, a) in enumerate(pairs)]
+        samples = [prepared_sample(p)[1] for p in plans]
+        extractor = build_detector(cfg).extractor
         if not isinstance(extractor, LearnedFeatures):  # pragma: no cover - registry broken
             raise TypeError("the 'learned' method does not use LearnedFeatures")
-        doc = read_json(Path(plan))
-        inputs = [f for role in ("before", "after") for f in doc["inputs"][role]["files"]]
+        extractor.fit(samples[0], more=samples[1:])  # ConfigError (an InputError) on mismatch
+        docs = [read_json(Path(p)) for p in plans]
+        inputs = [f for doc in docs for role in ("before", "after")
+                  for f in doc["inputs"][role]["files"]]
         state_dict, meta = extractor.checkpoint_payload(inputs=inputs)
-        fit = read_json(Path(plan).parent / "fit.json")
-        meta["sample"] = {**fit["sample"], "seed": cfg.seed, "sample_pixels": cfg.sample_pixels,
+        doc = docs[0]
+        pixels = [sum(int(crop_core(s.valid, s.halo).sum()) for s in group) for group in samples]
+        meta["sample"] = {"blocks": len(samples[0]), "pixels": pixels[0], "fitted_on": "local",
+                          "seed": cfg.seed, "sample_pixels": cfg.sample_pixels,
                           "coregistration": doc["coregistration"],
                           "grid": {"height": doc["grid"]["height"],
                                    "width": doc["grid"]["width"]}}
+        if more_pairs:
+            meta["sample"]["pairs"] = [
+                {"before": str(b), "after": str(a), "pixels": n,
+                 "grid": {"height": d["grid"]["height"], "width": d["grid"]["width"]}}
+                for (b, a), n, d in zip(pairs, pixels, docs, strict=True)]
         checkpoints.save(out, state_dict, meta)
         try:
             png = plot_loss_curve(extractor.training, out.with_suffix(".loss.png"),
@@ -141,6 +157,7 @@ def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
         "architecture": extractor.arch.describe(),
         "bands": meta["bands"],
         "sample_pixels": meta["sample"]["pixels"],
+        "pairs": len(pairs),
         "epochs": training["epochs_run"],
         "final_loss": training["final_loss"],
         "best_loss": training["best_loss"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from prefect import task
@@ -11,6 +12,7 @@ from microchange.config import DetectConfig
 
 
 @task(name="train-extractor")
-def train_extractor(before: str, after: str, out: str, config: DetectConfig) -> dict[str, Any]:
+def train_extractor(before: str, after: str, out: str, config: DetectConfig,
+                    more_pairs: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """Train the 'learned' extractor and write its checkpoint. See training.train_extractor."""
-    return training.train_extractor(before, after, out, config)
+    return training.train_extractor(before, after, out, config, more_pairs=more_pairs)

@@ -26,6 +26,15 @@ def test_train_writes_checkpoint_and_loss_curve(planted_pair, tmp_path, capsys) 
     assert code == 0 and (tmp_path / "o" / "run.json").is_file()
 
 
+def test_train_on_two_pairs(planted_pair, tmp_path, capsys) -> None:
+    before, after, _ = planted_pair
+    ckpt = tmp_path / "m.ckpt"
+    code = main(["train", str(before), str(after), "--pair", str(after), str(before),
+                 "--out", str(ckpt), "--epochs", "1", "--device", "cpu", "-q"])
+    assert code == 0, capsys.readouterr().err
+    assert checkpoints.load(ckpt).metadata["training"]["pairs"] == 2
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_train_on_cuda_without_gpu_exits_2(planted_pair, tmp_path, capsys) -> None:
     before, after, _ = planted_pair

@@ -67,7 +67,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from microchange.errors import BandMismatchError, ConfigError
 from microchange.features.bands import masked_band_stats
 from microchange.features.base import FeatureSample, State
-from microchange.features.devices import resolve_device
+from microchange.features.devices import resolve_device, seeded
 from microchange.tiling import crop_core
 
 __all__ = ("BACKBONES", "DEFAULT_LAYERS", "BackboneFeatures", "load_state_dict_file")
@@ -217,9 +217,13 @@ class _Trunk(nn.Module):
         old = self.first_conv()
         if old.in_channels == n_bands:
             return
-        new = nn.Conv2d(n_bands, old.out_channels, old.kernel_size,  # type: ignore[arg-type]
-                        stride=old.stride, padding=old.padding,  # type: ignore[arg-type]
-                        dilation=old.dilation, bias=old.bias is not None)  # type: ignore[arg-type]
+        # skip_init: no draw from torch's global generator (every weight is set below), which
+        # another thread may be using under devices.seeded()
+        # skip_init: no draw from torch's global generator (every weight is set below), which
+        # another scoring thread may be using under devices.seeded()
+        new = nn.utils.skip_init(  # type: ignore[no-untyped-call]
+            nn.Conv2d, n_bands, old.out_channels, old.kernel_size, stride=old.stride,
+            padding=old.padding, dilation=old.dilation, bias=old.bias is not None)
         with torch.no_grad():
             w = old.weight.mean(dim=1, keepdim=True) * (3.0 / n_bands)
             new.weight.copy_(w.repeat(1, n_bands, 1, 1))
@@ -510,8 +514,7 @@ class BackboneFeatures:
     # -- network -----------------------------------------------------------------------------
     def _make_template(self) -> _Trunk:
         """The 3-band network on the CPU: loaded weights, or random ones from the seed."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+        with seeded(self.seed):
             trunk = _Trunk(self.backbone, self.layers)
         if self._state_dict is not None:
             assert self.weights is not None

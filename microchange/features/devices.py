@@ -10,9 +10,26 @@ from typing import Any
 from microchange.blocks import available_cpus
 from microchange.errors import ConfigError
 
-__all__ = ("available_cpus", "cpu_threads", "resolve_device", "sharing_cpus")
+__all__ = ("available_cpus", "cpu_threads", "resolve_device", "seeded", "sharing_cpus")
 
 _local = threading.local()
+_SEEDED = threading.Lock()
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global CPU generator with ``seed`` for the block, one thread at a time.
+
+    Module constructors draw their initial weights from the global generator. Tiles are scored
+    on several threads, each building its own network: without the lock their draws interleave
+    and random weights (``backbone`` without a weights file) differ from thread to thread. The
+    generator's state is restored on exit (``torch.random.fork_rng``).
+    """
+    import torch
+
+    with _SEEDED, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def cpu_threads() -> int:

@@ -71,7 +71,7 @@ from microchange.errors import ConfigError
 from microchange.features import checkpoints
 from microchange.features.bands import masked_band_stats
 from microchange.features.base import FeatureSample, State
-from microchange.features.devices import resolve_device
+from microchange.features.devices import resolve_device, seeded
 
 __all__ = (
     "ARCHITECTURES",
@@ -182,8 +182,7 @@ class _DaeNet(nn.Module):
 
 
 def _build_net(arch: Architecture, bands: int, seed: int) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         net: nn.Module = (_CrossNet if arch.objective == "cross" else _DaeNet)(bands, arch)
     return net
 
@@ -472,18 +471,28 @@ class LearnedFeatures:
             out.append(z)
         return out[0], out[1]
 
-    def fit(self, samples: Sequence[FeatureSample]) -> None:
+    def fit(self, samples: Sequence[FeatureSample],
+            more: Sequence[Sequence[FeatureSample]] = ()) -> None:
         """Standardise with the sample's statistics, then train (or load the checkpoint).
 
+        Args:
+            samples: Prepared sample blocks of the pair being analysed.
+            more: Prepared sample blocks of more pairs of the same sensor to train on too (each
+                standardised with its own statistics, so every pair enters the network on the
+                same scale); ignored when a checkpoint is loaded.
+
         Raises:
-            ConfigError: If a checkpoint does not fit the input (bands, architecture).
+            ConfigError: If a checkpoint does not fit the input (bands, architecture), or a pair
+                of ``more`` has another band count.
         """
-        valids = [s.valid for s in samples]
-        mb, sb = masked_band_stats([s.before for s in samples], valids)
-        ma, sa = masked_band_stats([s.after for s in samples], valids)
-        self._mean, self._std = np.stack([mb, ma]), np.stack([sb, sa])
+        self._mean, self._std = self._stats(samples)
         bands = samples[0].before.shape[0]
-        self.sample_sha256 = _fingerprint(samples)
+        for k, group in enumerate(more, start=2):
+            if group and group[0].before.shape[0] != bands:
+                raise ConfigError(f"training pair {k} has {group[0].before.shape[0]} bands, the "
+                                  f"first pair {bands}: train on pairs of one sensor (or select "
+                                  "the same bands with --bands)")
+        self.sample_sha256 = _fingerprint([s for group in (samples, *more) for s in group])
         if self.checkpoint is not None:
             ckpt = self.checkpoint
             checkpoints.validate(ckpt, bands=bands, architecture=self.arch.describe(),
@@ -500,10 +509,24 @@ class LearnedFeatures:
             log.info("learned/%s: weights from checkpoint %s", self.objective, ckpt.path)
             return
         blocks = [(*self._standardise(s), s.valid) for s in samples if s.valid.any()]
+        own = self._mean, self._std
+        for group in more:
+            self._mean, self._std = self._stats(group)
+            blocks += [(*self._standardise(s), s.valid) for s in group if s.valid.any()]
+        self._mean, self._std = own
         net = _build_net(self.arch, bands, self.seed)
         self.training = _train(net, self.arch, blocks, epochs=self.epochs,
                                patience=self.patience, seed=self.seed, device=self.device)
+        self.training["pairs"] = 1 + len(more)
         self._net = _ready(net, self.device)
+
+    @staticmethod
+    def _stats(samples: Sequence[FeatureSample]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """(2, C) per-date band means and standard deviations of the valid sample pixels."""
+        valids = [s.valid for s in samples]
+        mb, sb = masked_band_stats([s.before for s in samples], valids)
+        ma, sa = masked_band_stats([s.after for s in samples], valids)
+        return np.stack([mb, ma]), np.stack([sb, sa])
 
     def extract(self, block: FeatureSample) -> FeatureSample:
         """Features of both dates of one block."""

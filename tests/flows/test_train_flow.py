@@ -22,6 +22,6 @@ def test_train_flow_parameters_are_documented_for_the_ui() -> None:
 
     assert train_feature_extractor.name == "train-feature-extractor"
     props = train_feature_extractor.parameters.properties
-    assert set(props) == {"before", "after", "out", "config"}
+    assert set(props) == {"before", "after", "out", "config", "more_pairs"}
     assert all(props[k].get("description") for k in props)
     assert "learned" in str(props["config"].get("default"))

@@ -92,6 +92,37 @@ def test_checkpoint_metadata(trained, scene) -> None:
     assert meta["created"] and meta["training"]["epochs_run"] >= 1
 
 
+def test_training_on_more_pairs_of_the_sensor(trained, scene, tmp_path) -> None:
+    """A second 3-band pair of another place joins the training set; the model scores both."""
+    paths, truth = scene
+    other = write_scene(make_scene(height=80, width=110, bands=3, seed=11, n_changes=4,
+                                   noise=0.01), tmp_path / "other")
+    ckpt = tmp_path / "two.ckpt"
+    summary = train_extractor(paths["before"], paths["after"], ckpt, _config(),
+                              more_pairs=[(other["before"], other["after"])])
+    assert summary["pairs"] == 2
+    meta = checkpoints.load(ckpt).metadata
+    assert meta["training"]["pairs"] == 2
+    assert [p["grid"] for p in meta["sample"]["pairs"]] == [
+        {"height": 100, "width": 90}, {"height": 80, "width": 110}]
+    assert len(meta["data"]["inputs"]) == 4
+    assert meta["data"]["sample_sha256"] != checkpoints.load(trained[1]).metadata["data"][
+        "sample_sha256"]
+    run_detection(paths["before"], paths["after"], tmp_path / "o", _with_model(_config(), ckpt))
+    score = _read(tmp_path / "o" / "change_score.tif")
+    assert np.nanmean(score[truth]) > 2 * np.nanmean(score[~truth])
+
+
+def test_training_pairs_with_another_band_count_are_refused(scene, tmp_path) -> None:
+    paths, _ = scene
+    four = write_scene(make_scene(height=60, width=60, bands=4, seed=12), tmp_path / "four")
+    with pytest.raises(ConfigError, match="training pair 2 has 4 bands, the first pair 3"):
+        train_extractor(paths["before"], paths["after"], tmp_path / "m.ckpt", _config(),
+                        more_pairs=[(four["before"], four["after"])])
+    assert not (tmp_path / "m.ckpt").exists()
+    assert not list(tmp_path.glob(".microchange-train-*"))
+
+
 def test_changes_score_above_unchanged_areas(trained, scene) -> None:
     _, truth = scene
     score = _read(trained[2] / "change_score.tif")
