@@ -313,6 +313,11 @@ def _add_train_parser(sub: Any) -> None:
     train.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
 
 
+def _more_pairs(summary: dict[str, Any]) -> str:
+    n = int(summary.get("pairs", 1))
+    return f" (first of {n} pairs)" if n > 1 else ""
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     deep = {k: getattr(args, k) for k in ("device", "objective", "epochs", "patience")
             if getattr(args, k) is not None}
@@ -350,7 +355,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"loss curve: {summary['loss_curve']}")
     print(f"learned/{summary['objective']}: {summary['epochs']} epochs, held-out loss "
           f"{summary['best_loss']:.4g}, {summary['bands']} bands, {summary['sample_pixels']:,} "
-          f"sample px, {summary['device']}; {time.perf_counter() - t0:.1f} s")
+          f"sample px{_more_pairs(summary)}, {summary['device']}; "
+          f"{time.perf_counter() - t0:.1f} s")
     return EXIT_OK
 
 

@@ -31,7 +31,9 @@ def test_train_on_two_pairs(planted_pair, tmp_path, capsys) -> None:
     ckpt = tmp_path / "m.ckpt"
     code = main(["train", str(before), str(after), "--pair", str(after), str(before),
                  "--out", str(ckpt), "--epochs", "1", "--device", "cpu", "-q"])
-    assert code == 0, capsys.readouterr().err
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "sample px (first of 2 pairs)" in out.out
     assert checkpoints.load(ckpt).metadata["training"]["pairs"] == 2
 
 
