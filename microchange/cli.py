@@ -147,7 +147,7 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help=f"change detection method: {', '.join(method_names())} "
                    "(default: the sensor's, cva for optical, cva with the density scorer for "
                    "sar)")
-    p.add_argument("--scorer", choices=("distance", "mahalanobis", "density", "cluster"),
+    p.add_argument("--scorer", choices=("distance", "mahalanobis", "density", "cluster", "hybrid"),
                    help="replace the method's scorer (all fitted on the global sample)")
     p.add_argument("--sensor", choices=("optical", "sar"),
                    help="sensor family whose defaults apply (default optical)")

@@ -305,13 +305,14 @@ class DetectConfig(BaseModel):
             "scorer for sar."
         ),
     )
-    scorer: Literal["distance", "mahalanobis", "density", "cluster"] | None = Field(
+    scorer: Literal["distance", "mahalanobis", "density", "cluster", "hybrid"] | None = Field(
         None,
         description=(
             "Replace the method's own scorer: 'distance' (change-vector magnitude), "
             "'mahalanobis' (robust covariance of the differences), 'density' (tail probability "
             "under a Gaussian mixture of the no-change differences), 'cluster' (PCA-KMeans "
-            "margin); all are fitted on the global sample."
+            "margin), 'hybrid' (cluster, or a pixel's own magnitude above its 'auto' "
+            "threshold); all are fitted on the global sample."
         ),
     )
     threshold: str | None = Field(

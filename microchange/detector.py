@@ -293,10 +293,11 @@ def _scorer_factories() -> dict[str, Callable[[DetectConfig], tuple[Scorer, str]
         "mahalanobis": lambda c: (MahalanobisScorer(seed=c.seed), "auto"),
         "density": lambda c: (DensityScorer(seed=c.seed), DENSITY_THRESHOLD),
         "cluster": lambda c: (PcaKMeansScorer(seed=c.seed), "value:0"),
+        "hybrid": lambda c: (PcaKMeansScorer(seed=c.seed, pixel_threshold="auto"), "value:0"),
     }
 
 
-SCORERS = ("distance", "mahalanobis", "density", "cluster")
+SCORERS = ("distance", "mahalanobis", "density", "cluster", "hybrid")
 """Names accepted by ``--scorer``: they replace the method's own scorer."""
 
 

@@ -170,6 +170,11 @@ class PcaKMeansScorer:
             Celik's plain k-means assignment).
         fit_pixels: Most neighbourhood vectors drawn from the global sample to fit PCA and
             k-means (bounds the fit's memory and time), >= 100.
+        pixel_threshold: Threshold spec (e.g. 'auto') fitted on the difference magnitudes of
+            the same sample: a pixel whose own magnitude exceeds it is changed whatever its
+            neighbourhood's cluster (the score is ``max(score, d - t)``). The 5 x 5
+            neighbourhood finds changes that are whole objects but dilutes changes of a few
+            pixels; the pixel test keeps those. None: Celik's neighbourhood decision alone.
 
     Raises:
         ValueError: If an argument is out of range.
@@ -180,6 +185,7 @@ class PcaKMeansScorer:
     def __init__(
         self, block: int = 5, components: int = 3, seed: int = 0, *,
         significance: float | None = 1e-4, fit_pixels: int = 200_000,
+        pixel_threshold: str | None = None,
     ) -> None:
         if block < 1 or block % 2 == 0:
             raise ValueError(f"invalid block {block!r}: the neighbourhood side must be odd, >= 1")
@@ -197,7 +203,9 @@ class PcaKMeansScorer:
         self.seed = seed
         self.fit_pixels = fit_pixels
         self.significance = significance
+        self.pixel_threshold = pixel_threshold
         self._bound: float | None = None  # null bound of d, when the split has no evidence
+        self._pixel: float | None = None  # threshold of d alone (pixel_threshold)
         self._mean: NDArray[np.float64] | None = None  # (h*h,)
         self._axes: NDArray[np.float64] | None = None  # (S, h*h)
         self._centroids: NDArray[np.float64] | None = None  # (2, S): unchanged, changed
@@ -265,6 +273,11 @@ class PcaKMeansScorer:
         self._bound = None
         if self.significance is not None:
             self._bound = _no_evidence_bound(x, level[order], self.significance)
+        self._pixel = None
+        if self.pixel_threshold is not None:
+            from microchange.scoring.thresholds import fit_threshold
+
+            self._pixel = fit_threshold(self.pixel_threshold, x[:, x.shape[1] // 2]).value
 
     # -- scoring -----------------------------------------------------------------------------
     def project(self, block: FeatureSample) -> NDArray[np.float64]:
@@ -307,6 +320,8 @@ class PcaKMeansScorer:
         margin = dist[0] - dist[1]
         if self._bound is not None:
             np.minimum(margin, d - self._bound, out=margin)
+        if self._pixel is not None:
+            np.maximum(margin, d - self._pixel, out=margin)
         return margin.astype(np.float32)
 
     # -- state -------------------------------------------------------------------------------
@@ -324,6 +339,8 @@ class PcaKMeansScorer:
         }
         if self._bound is not None:
             state["significance_bound"] = np.array(self._bound, dtype=np.float64)
+        if self._pixel is not None:
+            state["pixel_threshold"] = np.array(self._pixel, dtype=np.float64)
         return state
 
     def load_state(self, state: State) -> None:
@@ -344,3 +361,4 @@ class PcaKMeansScorer:
         self._explained = np.asarray(state["explained_variance_ratio"], dtype=np.float64)
         self._bound = (float(state["significance_bound"]) if "significance_bound" in state
                        else None)
+        self._pixel = float(state["pixel_threshold"]) if "pixel_threshold" in state else None
