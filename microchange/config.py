@@ -266,16 +266,19 @@ SENSOR_METHODS: dict[str, tuple[str, str | None]] = {
 """Sensor family -> (method, scorer) used when no method is given: the best family mean F1 of
 ``benchmarks/accuracy.py`` among the combinations that keep a no-change pair under 0.1 %
 changed and keep the demo scene's changes under 25 px as CVA does, a difference under 0.01
-counting as a tie won by the faster; a deep method must beat every classical one (README,
-*Accuracy*). Optical: PCA-KMeans (0.322) loses small changes, ``learned`` (0.321) ties it."""
+counting as a tie won by the faster; a deep method must beat every classical one and run at
+their speed, >= 2 MPx/s at 4096^2 on 2 cores (README, *Accuracy*). Optical: ``learned`` (hybrid,
+0.347) beats PCA-KMeans (0.322, which loses small changes) and CVA (0.278) but runs at
+1.0-1.2 MPx/s: it is one flag away, ``--method learned``."""
 
-METHOD_SCORERS: dict[tuple[str, str], str] = {("learned", "sar"): "cluster"}
+METHOD_SCORERS: dict[tuple[str, str], str] = {("learned", "optical"): "hybrid",
+                                                ("learned", "sar"): "cluster"}
 """(method, sensor family) -> scorer used when a method is given without a scorer and the
-method's own scorer is not its best there. Measured with ``benchmarks/accuracy.py``: SAR kappa of
-``learned`` 0.807 with the cluster scorer, 0.687 with its distance + ``auto`` threshold. On
-optical the cluster scorer scores higher on the benchmark (mean F1 0.346 vs 0.321), whose changes
-are buildings and city blocks, but its 5 x 5 neighbourhoods lose changes under 25 px (2 of 14 on
-the demo scene, 6 of 14 with distance): this is a tool for small changes (README, *Accuracy*)."""
+method's own scorer is not its best there. Measured with ``benchmarks/accuracy.py`` (README,
+*Accuracy*): optical mean F1 of ``learned`` 0.347 with the hybrid scorer, 0.346 with cluster,
+0.321 with its distance + ``auto`` threshold; cluster alone loses changes under 25 px (2 of the
+demo's 14), hybrid keeps them (6, as CVA). SAR kappa 0.807 with cluster, 0.772 with hybrid,
+0.687 with distance."""
 
 SENSOR_DEFAULTS: dict[str, PreprocessConfig] = {
     "optical": PreprocessConfig(log_transform=False, smoothing_sigma=0.7,

@@ -270,7 +270,8 @@ def _backbone(config: DetectConfig) -> Detector:
 def _learned(config: DetectConfig) -> Detector:
     from microchange.features.learned import learned_extractor  # torch only for this method
 
-    # distance + 'auto'; on SAR the 'cluster' scorer (config.METHOD_SCORERS)
+    # distance + 'auto' when asked for; by default 'hybrid' on optical and 'cluster' on SAR
+    # (config.METHOD_SCORERS)
     return Detector("learned", config.resolved_preprocess(), learned_extractor(config),
                     CvaScorer(), default_threshold="auto")
 

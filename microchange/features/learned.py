@@ -26,16 +26,16 @@ CVA 0.399. Cross-prediction models the nuisance between the two dates of *this* 
 what CVA gets wrong; the shared DAE encoder has no notion of which differences are nuisance, and
 on SAR it amplifies speckle texture.
 
-Threshold and scorer: ``auto`` (Otsu where the scores show evidence of change, else a 1e-4
-false-alarm bound), and the ``cluster`` scorer on SAR (``config.METHOD_SCORERS``). Measured with
-``benchmarks/accuracy.py`` (README, *Accuracy*), mean F1 / kappa: optical 0.321 / 0.293
-(CVA 0.278 / 0.266, PCA-KMeans 0.322 / 0.286); with the cluster scorer 0.346 / 0.316, but its
-5 x 5 neighbourhoods lose changes under 25 px; SAR kappa 0.807 with cluster (CVA 0.816). Otsu
-alone splits noise on quiet scenes (36.8 % of a synthetic 2048^2 pair "changed", 3.7 million
-regions at 8192^2). With the truth known, the best single threshold gives mean F1 0.405
-(optical) and 0.836 (SAR) against CVA's 0.390 and 0.837: the features rank pixels a little
-better than CVA's on optical and as well on SAR; the gains of the network show most where a
-nuisance mixes bands (``benchmarks/figure_learned.py``).
+Scorer (``config.METHOD_SCORERS``): ``hybrid`` on optical (PCA-KMeans on 5 x 5 neighbourhoods
+of the residual magnitude, or the pixel's own magnitude above its ``auto`` threshold), ``cluster``
+on SAR. Measured with ``benchmarks/accuracy.py`` (README, *Accuracy*), mean F1 / kappa: optical
+0.347 / 0.317 (CVA 0.278 / 0.266, PCA-KMeans 0.322 / 0.286; distance + ``auto`` 0.321 / 0.293;
+cluster 0.346 / 0.316 but it loses changes under 25 px, which hybrid keeps); SAR kappa 0.807
+with cluster (CVA 0.816, PCA-KMeans 0.812). Otsu alone splits noise on quiet scenes (36.8 % of a
+synthetic 2048^2 pair "changed"). With the truth known, the best single threshold gives mean F1
+0.405-0.420 (optical) and 0.836-0.840 (SAR) against CVA's 0.390 and 0.837: the features rank
+pixels a little better than CVA's on optical and as well on SAR; the gains of the network show
+most where a nuisance mixes bands (``benchmarks/figure_learned.py``).
 
 The receptive-field radius (the halo) is 3 px. Dilated layers were dropped: their backward pass
 is several times slower on CPU oneDNN. Training is deterministic on the CPU (seeded, deterministic

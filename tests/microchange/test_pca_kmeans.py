@@ -185,3 +185,26 @@ def test_numpy_pca_and_two_means_match_scikit_learn() -> None:
     np.testing.assert_allclose(ours, np.sort(np.abs(km.cluster_centers_[:, 0])), rtol=1e-9)
     inertia = np.min(((proj[:, None, :] - centres[None]) ** 2).sum(-1), axis=1).sum()
     assert inertia <= km.inertia_ * (1 + 1e-9)
+
+
+def test_hybrid_keeps_a_single_pixel_change_that_the_neighbourhood_dilutes() -> None:
+    rng = np.random.default_rng(5)
+    blocks = []
+    for _ in range(4):
+        before = rng.normal(size=(2, 60, 60)).astype("float32")
+        after = before + 0.3 * rng.normal(size=(2, 60, 60)).astype("float32")
+        after[:, 10:30, 10:30] += 3.0  # an object: the split has evidence of change
+        after[:, 45, 45] += 3.0  # one changed pixel on its own
+        blocks.append(FeatureSample(before, after, np.ones((60, 60), bool), 2))
+    cluster = PcaKMeansScorer()
+    cluster.fit(blocks)
+    hybrid = PcaKMeansScorer(pixel_threshold="auto")
+    hybrid.fit(blocks)
+    c, h = cluster.score(blocks[0]), hybrid.score(blocks[0])
+    assert c[20, 20] > 0 and h[20, 20] > 0  # both find the object
+    assert c[45, 45] <= 0 < h[45, 45]  # only the pixel test keeps the single pixel
+    assert (h[35:44, 35:44] > 0).mean() < 0.01  # and not the noise around it
+    state = hybrid.state()
+    again = PcaKMeansScorer(pixel_threshold="auto")
+    again.load_state(state)
+    np.testing.assert_array_equal(again.score(blocks[0]), h)

@@ -126,8 +126,8 @@ def test_learned_takes_its_sensor_default_scorer_and_a_safe_threshold() -> None:
     from microchange.detector import build_detector
 
     optical = build_detector(DetectConfig(method="learned"))
-    assert optical.method == "learned" and optical.default_threshold == "auto"
+    assert optical.method == "learned+hybrid" and optical.default_threshold == "value:0"
     sar = build_detector(DetectConfig(method="learned", sensor="sar"))
     assert sar.method == "learned+cluster" and sar.default_threshold == "value:0"
-    explicit = build_detector(DetectConfig(method="learned", sensor="sar", scorer="distance"))
+    explicit = build_detector(DetectConfig(method="learned", scorer="distance"))
     assert explicit.method == "learned+distance" and explicit.default_threshold == "auto"
