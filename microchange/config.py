@@ -268,8 +268,8 @@ SENSOR_METHODS: dict[str, tuple[str, str | None]] = {
 changed and keep the demo scene's changes under 25 px as CVA does, a difference under 0.01
 counting as a tie won by the faster; a deep method must beat every classical one and run at
 their speed, >= 2 MPx/s at 4096^2 on 2 cores (README, *Accuracy*). Optical: ``learned`` (hybrid,
-0.347) beats PCA-KMeans (0.322, which loses small changes) and CVA (0.278) but runs at
-1.0-1.2 MPx/s: it is one flag away, ``--method learned``."""
+0.347) beats PCA-KMeans (0.322, which loses small changes) and CVA (0.278) but runs at about
+1 MPx/s: it is one flag away, ``--method learned``."""
 
 METHOD_SCORERS: dict[tuple[str, str], str] = {("learned", "optical"): "hybrid",
                                                 ("learned", "sar"): "cluster"}
