@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from microchange.config import DetectConfig, PreprocessConfig
 from microchange.denoise import DENOISERS
-from microchange.detector import method_names
+from microchange.detector import SCORERS, method_names
 from microchange.errors import InputError
 from microchange.radiometry import RADIOMETRIC_METHODS
 
@@ -147,7 +147,7 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help=f"change detection method: {', '.join(method_names())} "
                    "(default: the sensor's, cva for optical, cva with the density scorer for "
                    "sar)")
-    p.add_argument("--scorer", choices=("distance", "mahalanobis", "density", "cluster", "hybrid"),
+    p.add_argument("--scorer", choices=SCORERS,
                    help="replace the method's scorer (all fitted on the global sample)")
     p.add_argument("--sensor", choices=("optical", "sar"),
                    help="sensor family whose defaults apply (default optical)")

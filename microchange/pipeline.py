@@ -417,7 +417,7 @@ def _load_sample(plan: _Plan, halo: int, client: Any = None
     return blocks, samples, where
 
 
-def prepared_sample(plan_path: PathLike) -> tuple[Detector, list[FeatureSample]]:
+def prepared_sample(plan_path: PathLike) -> list[FeatureSample]:
     """The planned pair's global sample, preprocessed as a detection would before its features.
 
     Used to train the 'learned' extractor on several pairs: each pair is read, and its
@@ -427,7 +427,7 @@ def prepared_sample(plan_path: PathLike) -> tuple[Detector, list[FeatureSample]]
         plan_path: Path returned by :func:`plan_detection`.
 
     Returns:
-        (the detector whose preprocessing was fitted, the prepared sample blocks).
+        The sample blocks after the preprocessing fitted on them.
 
     Raises:
         NoOverlapError: If the sample holds no valid pixel.
@@ -435,7 +435,7 @@ def prepared_sample(plan_path: PathLike) -> tuple[Detector, list[FeatureSample]]
     plan = _Plan(plan_path)
     detector = build_detector(plan.config)
     _, samples, _ = _load_sample(plan, detector.halo)
-    return detector, detector.prepare_sample(samples)
+    return detector.prepare_sample(samples)
 
 
 def tile_batches(plan_path: PathLike, *, batch_size: int = 16) -> list[list[int]]:

@@ -109,7 +109,9 @@ def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
                          f"{str(out / 'model.ckpt')!r}")
     cfg = config.model_copy(update={
         "method": "learned", "deep": config.deep.model_copy(update={"model": None})})
-    build_detector(cfg)  # bad objective or device -> ConfigError before any I/O
+    extractor = build_detector(cfg).extractor  # bad objective or device: an error before any I/O
+    if not isinstance(extractor, LearnedFeatures):  # pragma: no cover - registry broken
+        raise TypeError("the 'learned' method does not use LearnedFeatures")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".microchange-train-", dir=out.parent))
@@ -119,10 +121,7 @@ def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
     try:
         pairs = [(before, after), *more_pairs]
         plans = [plan_detection(b, a, work / f"pair{k}", cfg) for k, (b, a) in enumerate(pairs)]
-        samples = [prepared_sample(p)[1] for p in plans]
-        extractor = build_detector(cfg).extractor
-        if not isinstance(extractor, LearnedFeatures):  # pragma: no cover - registry broken
-            raise TypeError("the 'learned' method does not use LearnedFeatures")
+        samples = [prepared_sample(p) for p in plans]
         extractor.fit(samples[0], more=samples[1:])  # ConfigError (an InputError) on mismatch
         docs = [read_json(Path(p)) for p in plans]
         inputs = [f for doc in docs for role in ("before", "after")

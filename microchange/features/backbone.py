@@ -218,8 +218,6 @@ class _Trunk(nn.Module):
         if old.in_channels == n_bands:
             return
         # skip_init: no draw from torch's global generator (every weight is set below), which
-        # another thread may be using under devices.seeded()
-        # skip_init: no draw from torch's global generator (every weight is set below), which
         # another scoring thread may be using under devices.seeded()
         new = nn.utils.skip_init(  # type: ignore[no-untyped-call]
             nn.Conv2d, n_bands, old.out_channels, old.kernel_size, stride=old.stride,

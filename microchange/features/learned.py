@@ -460,12 +460,16 @@ class LearnedFeatures:
         """The training objective."""
         return self.arch.objective
 
-    def _standardise(self, block: FeatureSample) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        assert self._mean is not None and self._std is not None
+    def _standardise(self, block: FeatureSample,
+                     stats: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None,
+                     ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Both dates of a block in standard units: with ``stats`` (mean, std), else the fitted."""
+        mean, std = stats if stats is not None else (self._mean, self._std)
+        assert mean is not None and std is not None
         out = []
         for d, image in enumerate((block.before, block.after)):
-            m = self._mean[d].astype(np.float32)[:, None, None]
-            s = self._std[d].astype(np.float32)[:, None, None]
+            m = mean[d].astype(np.float32)[:, None, None]
+            s = std[d].astype(np.float32)[:, None, None]
             z = ((image - m) / s).astype(np.float32, copy=False)
             z[:, ~block.valid] = 0.0
             out.append(z)
@@ -509,11 +513,9 @@ class LearnedFeatures:
             log.info("learned/%s: weights from checkpoint %s", self.objective, ckpt.path)
             return
         blocks = [(*self._standardise(s), s.valid) for s in samples if s.valid.any()]
-        own = self._mean, self._std
-        for group in more:
-            self._mean, self._std = self._stats(group)
-            blocks += [(*self._standardise(s), s.valid) for s in group if s.valid.any()]
-        self._mean, self._std = own
+        for group in more:  # each pair in its own standard units
+            stats = self._stats(group)
+            blocks += [(*self._standardise(s, stats), s.valid) for s in group if s.valid.any()]
         net = _build_net(self.arch, bands, self.seed)
         self.training = _train(net, self.arch, blocks, epochs=self.epochs,
                                patience=self.patience, seed=self.seed, device=self.device)

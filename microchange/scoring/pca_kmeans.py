@@ -11,9 +11,10 @@ and k-means clustering", IEEE GRSL 6(4), 2009. The method, as implemented here:
 2. **Neighbourhood vectors.** Each pixel is described by the ``h x h`` block of ``d`` centred on
    it (``h`` odd, default 5), so the scorer's halo is ``h // 2``.
 3. **PCA** (eigenvectors of the ``h*h`` covariance, :func:`principal_axes`) fitted on the
-   neighbourhood vectors of a random subsample (deterministic seed) of the valid core pixels of the *global* sample; the first
-   ``components`` eigenvectors are kept (Celik keeps those explaining ~90 % of the variance; on
-   the difference image the first one, the local mean, already explains most of it).
+   neighbourhood vectors of a random subsample (deterministic seed) of the valid core pixels of
+   the *global* sample; the first ``components`` eigenvectors are kept (Celik keeps those
+   explaining ~90 % of the variance; on the difference image the first one, the local mean,
+   already explains most of it).
 4. **k-means** with k = 2 (:func:`two_means`: Lloyd's algorithm from ``n_init`` k-means++ seeds,
    the lowest inertia kept; numpy only, which spares the 1.2 s import of scikit-learn) on the
    projected subsample. The *changed* cluster is the one whose centroid, mapped back to the
@@ -64,7 +65,7 @@ _MAX_ITER = 300
 def principal_axes(
     x: NDArray[np.float64], n: int
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """The ``n`` leading principal axes of the rows of ``x`` (exact: eigenvectors of the covariance).
+    """The ``n`` leading principal axes of the rows of ``x`` (eigenvectors of their covariance).
 
     Args:
         x: (m, p) samples, m > 1.

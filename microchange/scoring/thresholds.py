@@ -245,8 +245,8 @@ def fpr_threshold(values: NDArray[np.floating], fpr: float) -> float:
 
     Non-negative scores (magnitudes, distances) get a scaled-chi null: a Gamma law for the squared
     scores, fitted by their quartiles (:func:`_gamma_null`). Scores that can be negative get a
-    Gaussian null with the median as location and 1.4826 x MAD as scale. Both fits use robust statistics of the bulk, which is
-    unchanged in any scene where change is the exception.
+    Gaussian null with the median as location and 1.4826 x MAD as scale. Both fits use robust
+    statistics of the bulk, which is unchanged in any scene where change is the exception.
 
     Args:
         values: 1-D scores; non-finite values are ignored.
