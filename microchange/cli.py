@@ -23,6 +23,7 @@ from microchange.config import DetectConfig, PreprocessConfig
 from microchange.denoise import DENOISERS
 from microchange.detector import SCORERS, method_names
 from microchange.errors import InputError
+from microchange.features.devices import PRECISIONS
 from microchange.radiometry import RADIOMETRIC_METHODS
 
 __all__ = ("main",)
@@ -117,7 +118,8 @@ def _config_from_args(args: argparse.Namespace) -> DetectConfig:
         post.update({k: v for k, v in post_flags.items() if v is not None})
         base["postprocess"] = post
     deep = dict(base.get("deep") or {})
-    for key in ("device", "backbone", "layers", "weights", "model", "objective", "epochs"):
+    for key in ("device", "precision", "backbone", "layers", "weights", "model", "objective",
+                "epochs"):
         value = getattr(args, key, None)
         if value is not None:
             deep[key] = value
@@ -199,6 +201,9 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--closing", type=int, help="morphological closing radius in px (0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"),
                    help="where CNN methods run (default auto: CUDA when present)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="arithmetic of CNN methods (default auto: bfloat16 on CUDA and on CPUs "
+                   "with bf16 instructions, else float32)")
     p.add_argument("--backbone", help="torchvision backbone of the 'backbone' method: resnet18, "
                    "resnet34, resnet50, vgg16 (default resnet18)")
     p.add_argument("--layers", type=lambda s: tuple(x for x in s.split(",") if x),
@@ -305,6 +310,9 @@ def _add_train_parser(sub: Any) -> None:
     train.add_argument("--bands", type=_parse_bands, help="1-based bands to use, e.g. 1,2,3,4")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"),
                        help="where the network trains (default auto: CUDA when present)")
+    train.add_argument("--precision", choices=PRECISIONS,
+                       help="arithmetic of the network (default auto: bfloat16 on CUDA and on "
+                       "CPUs with bf16 instructions, else float32)")
     train.add_argument("--seed", type=int, help="seed of the sample and the weights (default 0)")
     train.add_argument("--sample-pixels", type=int, dest="sample_pixels",
                        help="pixels in the global training sample (default 1e6)")
@@ -319,7 +327,8 @@ def _more_pairs(summary: dict[str, Any]) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    deep = {k: getattr(args, k) for k in ("device", "objective", "epochs", "patience")
+    deep = {k: getattr(args, k) for k in ("device", "precision", "objective", "epochs",
+                                          "patience")
             if getattr(args, k) is not None}
     base: dict[str, Any] = {"method": "learned", "deep": deep}
     for key in ("sensor", "bands", "seed", "sample_pixels"):

@@ -165,6 +165,12 @@ class DeepConfig(BaseModel):
         "auto",
         description="Where the network runs: 'auto' picks CUDA when present, else the CPU.",
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Arithmetic of the network: 'auto' runs bfloat16 autocast on CUDA and on "
+        "CPUs with bf16 instructions (AVX512-BF16, AMX), float32 on other CPUs; 'fp32' always "
+        "float32; 'bf16' always bfloat16 (emulated, slower, on CPUs without bf16).",
+    )
     backbone: Literal["resnet18", "resnet34", "resnet50", "vgg16"] = Field(
         "resnet18", description="torchvision backbone of the 'backbone' method."
     )

@@ -178,6 +178,9 @@ class Detector:
         """Where the features were computed and, for trained networks, how training went."""
         device = getattr(self.extractor, "device", None)
         out: dict[str, Any] = {"device": "cpu" if device is None else str(device)}
+        precision = getattr(self.extractor, "precision", None)
+        if precision is not None:
+            out["precision"] = precision
         objective = getattr(self.extractor, "objective", None)
         if objective is not None:
             out["objective"] = objective
@@ -259,7 +262,7 @@ def _backbone(config: DetectConfig) -> Detector:
 
     deep = config.deep
     extractor = BackboneFeatures(deep.backbone, deep.layers, deep.weights, deep.device,
-                                 seed=config.seed)
+                                 precision=deep.precision, seed=config.seed)
     if config.tile_size % extractor.stride:
         raise ConfigError(f"tile size {config.tile_size} is not a multiple of the backbone's "
                           f"stride {extractor.stride}: use e.g. 512")

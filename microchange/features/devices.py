@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from microchange.blocks import available_cpus
 from microchange.errors import ConfigError
 
-__all__ = ("available_cpus", "cpu_threads", "resolve_device", "seeded", "sharing_cpus")
+__all__ = ("PRECISIONS", "autocast", "available_cpus", "cpu_threads", "native_bf16_cpu",
+           "resolve_device", "resolve_precision", "seeded", "sharing_cpus")
+
+PRECISIONS = ("auto", "fp32", "bf16")
+"""Names accepted by ``DeepConfig.precision``."""
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 _local = threading.local()
 _SEEDED = threading.Lock()
@@ -92,3 +99,61 @@ def resolve_device(name: str) -> Any:
             )
         return torch.device(name)
     raise ConfigError(f"unknown device {name!r}: use 'auto', 'cpu' or 'cuda'")
+
+
+@cache
+def native_bf16_cpu(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX-BF16).
+
+    Read from the ``flags`` of ``/proc/cpuinfo``: torch offers no public query, and oneDNN runs
+    bf16 convolutions on other CPUs too, but emulated and slower than float32. False where the
+    file cannot be read (not Linux).
+    """
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return any(f in flags for f in _BF16_FLAGS)
+    return False
+
+
+def resolve_precision(precision: str, device: Any) -> str:
+    """The arithmetic a network runs in: 'fp32', 'bf16' or (CUDA without bf16) 'fp16'.
+
+    Args:
+        precision: 'auto', 'fp32' or 'bf16' (``DeepConfig.precision``).
+        device: The ``torch.device`` of the network.
+
+    Returns:
+        'auto' gives bf16 autocast on CUDA (fp16 on GPUs without bf16) and on CPUs with native
+        bf16 instructions (:func:`native_bf16_cpu`; about 2x the float32 forward pass of the
+        'learned' network on 2 cores), float32 on other CPUs. 'bf16' on a GPU without bf16
+        gives fp16.
+
+    Raises:
+        ConfigError: If the name is unknown.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return "fp32"
+    if device.type == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "bf16" or native_bf16_cpu():
+        return "bf16"
+    return "fp32"
+
+
+def autocast(device: Any, precision: str) -> Any:
+    """Autocast context for a resolved ``precision`` ('fp32': no autocast) on ``device``."""
+    if precision == "fp32":
+        return nullcontext()
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)

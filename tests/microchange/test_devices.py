@@ -7,7 +7,13 @@ import torch
 
 from microchange.blocks import available_cpus
 from microchange.errors import ConfigError
-from microchange.features.devices import cpu_threads, resolve_device, sharing_cpus
+from microchange.features import devices
+from microchange.features.devices import (
+    cpu_threads,
+    resolve_device,
+    resolve_precision,
+    sharing_cpus,
+)
 
 
 def test_omp_num_threads_bounds_the_cpus(monkeypatch) -> None:
@@ -43,3 +49,29 @@ def test_cuda_without_a_gpu_is_a_config_error() -> None:
         resolve_device("cuda")
     with pytest.raises(ConfigError, match="unknown device 'tpu'"):
         resolve_device("tpu")
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path) -> None:
+    with_bf16 = tmp_path / "zen4"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    amx = tmp_path / "spr"
+    amx.write_text("flags\t\t: avx2 amx_bf16 amx_tile\n")
+    without = tmp_path / "skylake"
+    without.write_text("flags\t\t: fpu avx2 avx512f avx512bw\n")
+    assert devices.native_bf16_cpu(str(with_bf16)) and devices.native_bf16_cpu(str(amx))
+    assert not devices.native_bf16_cpu(str(without))
+    assert not devices.native_bf16_cpu(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize(("asked", "native", "expected"), [
+    ("auto", True, "bf16"), ("auto", False, "fp32"), ("fp32", True, "fp32"),
+    ("bf16", False, "bf16"),
+])
+def test_precision_on_the_cpu(monkeypatch, asked, native, expected) -> None:
+    monkeypatch.setattr(devices, "native_bf16_cpu", lambda: native)
+    assert resolve_precision(asked, torch.device("cpu")) == expected
+
+
+def test_unknown_precision_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"unknown precision 'fp8'.*auto, fp32, bf16"):
+        resolve_precision("fp8", torch.device("cpu"))

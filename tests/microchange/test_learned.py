@@ -302,3 +302,32 @@ def test_adam_matches_torch_optim_adam_bit_for_bit() -> None:
     ours = train(lambda ps: _Adam(ps, lr=1e-2))
     theirs = train(lambda ps: torch.optim.Adam(ps, lr=1e-2))
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_each_precision_is_deterministic_and_tile_size_invariant(scene, tmp_path,
+                                                                  precision) -> None:
+    """On-the-fly training and scoring in float32 and in bf16 autocast, whatever the CPU.
+
+    bf16 runs where the CPU lacks bf16 instructions too (emulated by oneDNN, slower), so both
+    paths are tested on every machine.
+    """
+    paths, truth = scene
+    config = _config(precision=precision)
+    runs = {}
+    for name, tile in (("a", 512), ("b", 512), ("tiled", 32)):
+        runs[name] = tmp_path / name
+        run_detection(paths["before"], paths["after"], runs[name],
+                      config.model_copy(update={"tile_size": tile}))
+    assert ((runs["a"] / "change_score.tif").read_bytes()
+            == (runs["b"] / "change_score.tif").read_bytes())
+    np.testing.assert_array_equal(_read(runs["tiled"] / "change_mask.tif"),
+                                  _read(runs["a"] / "change_mask.tif"))
+    np.testing.assert_allclose(_read(runs["tiled"] / "change_score.tif"),
+                               _read(runs["a"] / "change_score.tif"), rtol=0, atol=1e-5)
+    import json
+
+    features = json.loads((runs["a"] / "run.json").read_text())["features"]
+    assert features["precision"] == precision and features["training"]["precision"] == "fp32"
+    score = _read(runs["a"] / "change_score.tif")
+    assert np.nanmean(score[truth]) > 2 * np.nanmean(score[~truth])
