@@ -29,11 +29,12 @@ on SAR it amplifies speckle texture.
 Scorer (``config.METHOD_SCORERS``): ``hybrid`` on optical (PCA-KMeans on 5 x 5 neighbourhoods
 of the residual magnitude, or the pixel's own magnitude above its ``auto`` threshold), ``cluster``
 on SAR. Measured with ``benchmarks/accuracy.py`` (README, *Accuracy*), mean F1 / kappa: optical
-0.347 / 0.317 (CVA 0.278 / 0.266, PCA-KMeans 0.322 / 0.286; distance + ``auto`` 0.321 / 0.293;
-cluster 0.346 / 0.316 but it loses changes under 25 px, which hybrid keeps); SAR kappa 0.807
-with cluster (CVA 0.816, PCA-KMeans 0.812). Otsu alone splits noise on quiet scenes (36.8 % of a
-synthetic 2048^2 pair "changed"). With the truth known, the best single threshold gives mean F1
-0.405-0.420 (optical) and 0.836-0.840 (SAR) against CVA's 0.390 and 0.837: the features rank
+0.340 / 0.307, 0.340-0.347 F1 over seeds 0-2 (CVA 0.278 / 0.266, PCA-KMeans 0.322 / 0.286;
+distance + ``auto`` 0.338 / 0.306 but 0.299-0.339 over seeds; cluster 0.344 / 0.314 but it loses
+changes under 25 px, which hybrid keeps); SAR kappa 0.804 with cluster, 0.800-0.805 over seeds
+(CVA 0.816, PCA-KMeans 0.812). Otsu alone splits noise on quiet scenes (36.8 % of a synthetic
+2048^2 pair "changed"). With the truth known, the best single threshold gives mean F1
+0.406-0.421 (optical) and 0.826-0.838 (SAR) against CVA's 0.390 and 0.837: the features rank
 pixels a little better than CVA's on optical and as well on SAR; the gains of the network show
 most where a nuisance mixes bands (``benchmarks/figure_learned.py``).
 
@@ -47,14 +48,15 @@ stop training. With a constant step of 1e-2 the held-out loss jumped by up to 25
 epoch, so the network kept depended on where that noise stopped it: over seeds 0, 1 and 2, SAR
 mean kappa was 0.807 / 0.779 / 0.774 and optical mean F1 0.347 / 0.345 / 0.315; with the decay,
 0.804 / 0.800 / 0.805 and 0.340 / 0.347 / 0.346 (``benchmarks/accuracy.py --seed N``).
-Precision (``DeepConfig.precision``): training always runs in float32. Inference runs under bfloat16 autocast on CUDA and on CPUs with bf16
-instructions (AVX512-BF16, AMX), in float32 elsewhere
-(:func:`~microchange.features.devices.resolve_precision`). On 2 Zen 4 cores bf16 runs the forward
-pass 2.6x faster on one thread (7.2 vs 2.75 MPx/s per 518^2 tile); mean F1 / kappa on the shared
-data were unchanged (optical 0.347 / 0.317, SAR 0.813 / 0.807) and the demo's masks differ on 5
-of 1,048,576 pixels. bf16 *training* was tried: 30 % faster, but it moves the trained network
-as much as another seed does (a quiet SAR pair went from 0.03 % to 0.11 % of pixels marked
-changed). Either precision is deterministic on a given CPU.
+Precision (``DeepConfig.precision``): training always runs in float32. Inference runs under
+bfloat16 autocast on CUDA and on CPUs with bf16 instructions (AVX512-BF16, AMX), in float32
+elsewhere (:func:`~microchange.features.devices.resolve_precision`). On 2 Zen 4 cores bf16 runs
+the forward pass 2.6x faster on one thread (7.2 vs 2.75 MPx/s per 518^2 tile); mean F1 / kappa on
+the shared data were unchanged (optical 0.347 / 0.317, SAR 0.813 / 0.807, measured before the
+step-size decay) and the demo's masks differ on 5 of 1,048,576 pixels. bf16 *training* was tried:
+30 % faster per epoch, but it moved the trained network as much as another seed does (a quiet
+SAR pair went from 0.03 % to 0.11 % of pixels marked changed). Either precision is deterministic
+on a given CPU.
 oneDNN chooses kernels by input shape, so scores can differ by about 1 ulp between tile
 sizes (masks identical in the tests). Disabling oneDNN makes them exact but inference about 6x
 slower.
