@@ -39,13 +39,14 @@ What :class:`BackboneFeatures` does, in order:
 Determinism: the network, head and upsampling run in the resolved precision
 (``DeepConfig.precision``: bf16 autocast on CUDA and on CPUs with bf16 instructions, 1.4x the
 float32 speed of resnet18 on 2 Zen 4 cores with the same mean F1 / kappa on the shared data;
-float32 elsewhere). The convolutions (oneDNN, left on) gave the same values for a pixel for every block
-shape and batch tried (disabling oneDNN halves the speed and is not needed); ``F.interpolate``
-does not (its vectorised loop rounds some outputs differently, ~5e-7, depending on the width), so
-upsampling is done with plain multiplies and adds (:func:`_upsample`). Scores are byte-identical
-for any tile size and batch on a given CPU (tests/microchange/test_backbone.py). CUDA results are
-close to, not bit-equal with, the CPU's. Network weights are never fitted: they come from the
-``weights`` file or, with ``weights=None``, from ``torch.manual_seed(seed)``.
+float32 elsewhere). The convolutions (oneDNN, left on) gave the same values for a pixel for every
+block shape and batch tried (disabling oneDNN halves the speed and is not needed);
+``F.interpolate`` does not (its vectorised loop rounds some outputs differently, ~5e-7,
+depending on the width), so upsampling is done with plain multiplies and adds
+(:func:`_upsample`). Scores are byte-identical for any tile size and batch on a given CPU
+(tests/microchange/test_backbone.py). CUDA results are close to, not bit-equal with, the CPU's.
+Network weights are never fitted: they come from the ``weights`` file or, with
+``weights=None``, from ``torch.manual_seed(seed)``.
 """
 
 from __future__ import annotations
@@ -426,7 +427,8 @@ class BackboneFeatures:
             builds random weights from ``seed``. Loaded with ``weights_only=True``: a file that
             holds anything but tensors is refused, never executed.
         device: 'auto', 'cpu' or 'cuda' ('cuda:N').
-        precision: 'auto', 'fp32' or 'bf16' (:func:`~microchange.features.devices.resolve_precision`).
+        precision: 'auto', 'fp32' or 'bf16'
+            (:func:`~microchange.features.devices.resolve_precision`).
         batch_size: Images (one date of one block each) per forward pass; None: 4 on the CPU
             (bounds memory; larger batches are not faster there), 16 on CUDA. Blocks smaller
             than a 512 px tile are batched up to the same pixel count.

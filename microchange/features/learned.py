@@ -439,7 +439,8 @@ class LearnedFeatures:
     Args:
         objective: 'cross' (cross-prediction) or 'dae' (denoising autoencoder).
         device: 'auto', 'cpu' or 'cuda'.
-        precision: 'auto', 'fp32' or 'bf16' (:func:`~microchange.features.devices.resolve_precision`).
+        precision: 'auto', 'fp32' or 'bf16'
+            (:func:`~microchange.features.devices.resolve_precision`).
         epochs: Maximum training epochs.
         patience: Epochs without improvement of the held-out loss before stopping.
         seed: Seed of weight initialisation and patch sampling.
