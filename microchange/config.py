@@ -275,14 +275,14 @@ changed and keep the demo scene's changes under 25 px as CVA does, a difference 
 counting as a tie won by the faster; a deep method must beat every classical one and run at
 their speed, >= 2 MPx/s at 4096^2 on 2 cores (README, *Accuracy*). Optical: ``learned`` (hybrid,
 0.340, 0.340-0.347 over seeds 0-2) beats PCA-KMeans (0.322, which loses small changes) and CVA
-(0.278) but runs at about 1-1.25 MPx/s: it is one flag away, ``--method learned``."""
+(0.297) but runs at about 1-1.25 MPx/s: it is one flag away, ``--method learned``."""
 
 METHOD_SCORERS: dict[tuple[str, str], str] = {("learned", "optical"): "hybrid",
                                                 ("learned", "sar"): "cluster"}
 """(method, sensor family) -> scorer used when a method is given without a scorer and the
 method's own scorer is not its best there. Measured with ``benchmarks/accuracy.py`` (README,
 *Accuracy*): optical mean F1 of ``learned`` 0.340 with the hybrid scorer (0.340-0.347 over seeds
-0-2), 0.344 with cluster, 0.338 with its distance + ``auto`` threshold (0.299-0.339 over seeds);
+0-2), 0.344 with cluster, 0.337 with its distance + ``auto`` threshold (0.299-0.339 over seeds);
 cluster alone loses changes under 25 px (2 of the demo's 14), hybrid keeps them (6, as CVA).
 SAR kappa 0.804 with cluster, 0.696 with hybrid, 0.668 with distance."""
 

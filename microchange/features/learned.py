@@ -29,12 +29,12 @@ on SAR it amplifies speckle texture.
 Scorer (``config.METHOD_SCORERS``): ``hybrid`` on optical (PCA-KMeans on 5 x 5 neighbourhoods
 of the residual magnitude, or the pixel's own magnitude above its ``auto`` threshold), ``cluster``
 on SAR. Measured with ``benchmarks/accuracy.py`` (README, *Accuracy*), mean F1 / kappa: optical
-0.340 / 0.307, 0.340-0.347 F1 over seeds 0-2 (CVA 0.278 / 0.266, PCA-KMeans 0.322 / 0.286;
-distance + ``auto`` 0.338 / 0.306 but 0.299-0.339 over seeds; cluster 0.344 / 0.314 but it loses
+0.340 / 0.307, 0.340-0.347 F1 over seeds 0-2 (CVA 0.297 / 0.273, PCA-KMeans 0.322 / 0.286;
+distance + ``auto`` 0.337 / 0.304 but 0.299-0.339 over seeds; cluster 0.344 / 0.314 but it loses
 changes under 25 px, which hybrid keeps); SAR kappa 0.804 with cluster, 0.800-0.805 over seeds
 (CVA 0.816, PCA-KMeans 0.812). Otsu alone splits noise on quiet scenes (36.8 % of a synthetic
 2048^2 pair "changed"). With the truth known, the best single threshold gives mean F1
-0.406-0.421 (optical) and 0.826-0.838 (SAR) against CVA's 0.390 and 0.837: the features rank
+0.405-0.421 (optical) and 0.826-0.838 (SAR) against CVA's 0.390 and 0.837: the features rank
 pixels a little better than CVA's on optical and as well on SAR; the gains of the network show
 most where a nuisance mixes bands (``benchmarks/figure_learned.py``).
 
