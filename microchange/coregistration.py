@@ -1,8 +1,8 @@
 """Sub-pixel co-registration of AFTER onto BEFORE: global shift or a smooth local shift field.
 
 Misregistration of a fraction of a pixel creates false change along every edge. The shift is
-estimated by phase correlation (:func:`skimage.registration.phase_cross_correlation`, upsampled
-DFT, Hann window) on blocks spread over the whole raster; the median over blocks is robust to the
+estimated by phase correlation (:func:`phase_correlation`: the upsampled-DFT algorithm of
+scikit-image's ``phase_cross_correlation``, Hann window) on blocks spread over the whole raster; the median over blocks is robust to the
 few blocks that hold real change. Local distortions (terrain, a slightly rotated or scaled
 acquisition) are followed by a :class:`ShiftField`: one shift per cell of a coarse grid, cells
 without a usable estimate or far from the global shift take the global one, a 3x3 median over
@@ -76,6 +76,54 @@ def _block_signal(image: NDArray[np.float32], valid: NDArray[np.bool_]) -> NDArr
     return out
 
 
+def _upsampled_dft(data: NDArray[np.complex128], size: float, factor: NDArray[np.float64],
+                   offsets: NDArray[np.float64]) -> NDArray[np.complex128]:
+    """DFT of ``data`` on a ``size`` x ``size`` region of a ``factor`` times finer grid.
+
+    ``factor`` is a 0-d float64 array, as in scikit-image, so that every product rounds as there.
+
+    The region starts at ``offsets`` (rows, columns); computed by two matrix products instead of
+    zero-padding (Guizar-Sicairos et al., Opt. Lett. 33(2), 2008).
+    """
+    from scipy.fft import fftfreq
+
+    for n, offset in zip(data.shape[::-1], offsets[::-1], strict=True):
+        kernel = (np.arange(size) - offset)[:, None] * fftfreq(n, factor)
+        data = np.tensordot(np.exp(-2j * np.pi * kernel), data, axes=(1, -1))
+    return data
+
+
+def phase_correlation(reference: NDArray[np.float64], moving: NDArray[np.float64],
+                      upsample: int) -> tuple[float, float]:
+    """Shift (rows, columns) that registers ``moving`` onto ``reference``, to 1/``upsample`` px.
+
+    The peak of the cross-correlation (unnormalised, by FFT), refined on a 1.5 px neighbourhood
+    sampled ``upsample`` times finer by an upsampled DFT: the algorithm and the arithmetic of
+    :func:`skimage.registration.phase_cross_correlation` with ``normalization=None`` (results
+    equal to the bit, tested), without importing scikit-image (0.3 s) on every run.
+    """
+    from scipy.fft import fftn, ifftn
+
+    src, target = fftn(reference), fftn(moving)
+    shape = np.array(src.shape)
+    product = src * target.conj()
+    cross = ifftn(product)
+    peak = np.unravel_index(np.argmax(np.abs(cross)), cross.shape)
+    midpoint = np.trunc(shape / 2)
+    shift = np.stack(peak).astype(np.float64)
+    shift[shift > midpoint] -= shape[shift > midpoint]
+    factor = np.array(upsample, dtype=np.float64)
+    shift = np.round(shift * factor) / factor
+    region = np.ceil(factor * 1.5)
+    centre = np.trunc(region / 2.0)
+    fine = _upsampled_dft(product.conj(), float(region), factor,
+                          centre - shift * factor).conj()
+    fine_peak = np.stack(np.unravel_index(np.argmax(np.abs(fine)), fine.shape)).astype(np.float64)
+    shift += (fine_peak - centre) / factor
+    shift[shape == 1] = 0
+    return float(shift[0]), float(shift[1])
+
+
 def block_shift(
     before: NDArray[np.float32],
     after: NDArray[np.float32],
@@ -93,8 +141,6 @@ def block_shift(
         upsample: Sub-pixel precision of the phase correlation is 1 / ``upsample`` px.
         min_valid: A block with a smaller fraction of valid pixels (or under 32 px) is unusable.
     """
-    from skimage.registration import phase_cross_correlation
-
     h, w = valid.shape
     if min(h, w) < 32 or valid.mean() < min_valid:
         return None
@@ -103,10 +149,7 @@ def block_shift(
     mov = _block_signal(after, valid) * window
     if not ref.any() or not mov.any():
         return None
-    shift, _, _ = phase_cross_correlation(  # type: ignore[no-untyped-call]
-        ref, mov, upsample_factor=upsample, normalization=None
-    )
-    return float(shift[0]), float(shift[1])
+    return phase_correlation(ref, mov, upsample)
 
 
 def median_shift(shifts: Sequence[tuple[float, float]]) -> ShiftEstimate:

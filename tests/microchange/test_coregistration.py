@@ -11,6 +11,7 @@ from microchange.coregistration import (
     ShiftField,
     estimate_shift,
     estimate_shift_field,
+    phase_correlation,
     shift_image,
     shift_image_field,
     shift_margin,
@@ -32,6 +33,19 @@ def test_estimate_recovers_shift_within_a_tenth_of_a_pixel(shift) -> None:
     est = estimate_shift([(img, moved.astype("float32"), valid)])
     # the estimate is the shift that registers AFTER back onto BEFORE
     assert abs(est.dy + shift[0]) <= 0.1 and abs(est.dx + shift[1]) <= 0.1
+
+
+def test_phase_correlation_equals_scikit_image_to_the_bit() -> None:
+    """The port of skimage's upsampled-DFT phase correlation gives the same floats."""
+    from skimage.registration import phase_cross_correlation
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(32, 140, 2))
+        a = ndimage.gaussian_filter(rng.normal(size=(h, w)), 2)
+        b = ndimage.shift(a, rng.uniform(-3, 3, 2)) + rng.normal(0, 0.05, (h, w))
+        expected, _, _ = phase_cross_correlation(a, b, upsample_factor=50, normalization=None)
+        assert phase_correlation(a, b, 50) == (float(expected[0]), float(expected[1]))
 
 
 def test_shift_image_matches_spline_shift_and_masks_edges() -> None:
