@@ -275,7 +275,7 @@ changed and keep the demo scene's changes under 25 px as CVA does, a difference 
 counting as a tie won by the faster; a deep method must beat every classical one and run at
 their speed, >= 2 MPx/s at 4096^2 on 2 cores (README, *Accuracy*). Optical: ``learned`` (hybrid,
 0.340, 0.340-0.347 over seeds 0-2) beats PCA-KMeans (0.322, which loses small changes) and CVA
-(0.297) but runs at about 1-1.25 MPx/s: it is one flag away, ``--method learned``."""
+(0.297) but runs at about 1.1-1.45 MPx/s: it is one flag away, ``--method learned``."""
 
 METHOD_SCORERS: dict[tuple[str, str], str] = {("learned", "optical"): "hybrid",
                                                 ("learned", "sar"): "cluster"}
