@@ -310,9 +310,6 @@ def _add_train_parser(sub: Any) -> None:
     train.add_argument("--bands", type=_parse_bands, help="1-based bands to use, e.g. 1,2,3,4")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"),
                        help="where the network trains (default auto: CUDA when present)")
-    train.add_argument("--precision", choices=PRECISIONS,
-                       help="arithmetic of the network (default auto: bfloat16 on CUDA and on "
-                       "CPUs with bf16 instructions, else float32)")
     train.add_argument("--seed", type=int, help="seed of the sample and the weights (default 0)")
     train.add_argument("--sample-pixels", type=int, dest="sample_pixels",
                        help="pixels in the global training sample (default 1e6)")
@@ -327,8 +324,7 @@ def _more_pairs(summary: dict[str, Any]) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    deep = {k: getattr(args, k) for k in ("device", "precision", "objective", "epochs",
-                                          "patience")
+    deep = {k: getattr(args, k) for k in ("device", "objective", "epochs", "patience")
             if getattr(args, k) is not None}
     base: dict[str, Any] = {"method": "learned", "deep": deep}
     for key in ("sensor", "bands", "seed", "sample_pixels"):

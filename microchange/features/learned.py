@@ -41,8 +41,8 @@ most where a nuisance mixes bands (``benchmarks/figure_learned.py``).
 The receptive-field radius (the halo) is 3 px. Dilated layers were dropped: their backward pass
 is several times slower on CPU oneDNN. Training is deterministic on the CPU (seeded, deterministic
 algorithms) and bounded: at most ``epochs`` epochs of at most 128 patches of 48x48 px, early
-stopping on a fixed held-out set of patches (about 2-3 s for the 1e6-pixel sample of a 4096^2
-pair on 2 cores). After an epoch without improvement of the held-out loss the weights go back to
+stopping on a fixed held-out set of patches (2.9-3.5 s, about 17 epochs, for the 1e6-pixel
+sample of a 4096^2 pair on 2 cores). After an epoch without improvement of the held-out loss the weights go back to
 the best so far and the step size halves (:data:`LR_DECAY`); ``patience`` such epochs in a row
 stop training. With a constant step of 1e-2 the held-out loss jumped by up to 25 % from epoch to
 epoch, so the network kept depended on where that noise stopped it: over seeds 0, 1 and 2, SAR
