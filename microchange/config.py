@@ -277,14 +277,16 @@ their speed, >= 2 MPx/s at 4096^2 on 2 cores (README, *Accuracy*). Optical: ``le
 0.340, 0.340-0.347 over seeds 0-2) beats PCA-KMeans (0.322, which loses small changes) and CVA
 (0.297) but runs at about 1.1-1.45 MPx/s: it is one flag away, ``--method learned``."""
 
-METHOD_SCORERS: dict[tuple[str, str], str] = {("learned", "optical"): "hybrid",
-                                                ("learned", "sar"): "cluster"}
+METHOD_SCORERS: dict[tuple[str, str], str] = {("learned", "optical"): "hybrid"}
 """(method, sensor family) -> scorer used when a method is given without a scorer and the
 method's own scorer is not its best there. Measured with ``benchmarks/accuracy.py`` (README,
 *Accuracy*): optical mean F1 of ``learned`` 0.340 with the hybrid scorer (0.340-0.347 over seeds
 0-2), 0.344 with cluster, 0.337 with its distance + ``auto`` threshold (0.299-0.339 over seeds);
 cluster alone loses changes under 25 px (2 of the demo's 14), hybrid keeps them (6, as CVA).
-SAR kappa 0.804 with cluster, 0.696 with hybrid, 0.668 with distance."""
+On SAR ``learned`` keeps its own distance + ``auto`` scorer: its default objective there,
+``cross-cal``, divides the residuals by a fitted per-pixel scale, so one global threshold fits
+smooth and textured areas (SAR mean kappa 0.818-0.829 over seeds 0-2, 0.804-0.826 with cluster).
+With the plain ``cross`` objective, cluster was best (0.804; hybrid 0.696, distance 0.668)."""
 
 SENSOR_DEFAULTS: dict[str, PreprocessConfig] = {
     "optical": PreprocessConfig(log_transform=False, smoothing_sigma=0.7,

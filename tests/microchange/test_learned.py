@@ -241,7 +241,7 @@ def test_objective_conflicting_with_the_checkpoint_is_refused(trained) -> None:
 
 
 def test_unknown_objective_is_refused() -> None:
-    with pytest.raises(ConfigError, match=r"unknown objective 'nope'.*cross, dae"):
+    with pytest.raises(ConfigError, match=r"unknown objective 'nope'.*cross, cross-cal, dae"):
         build_detector(_config(objective="nope"))
 
 

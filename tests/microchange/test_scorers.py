@@ -128,6 +128,7 @@ def test_learned_takes_its_sensor_default_scorer_and_a_safe_threshold() -> None:
     optical = build_detector(DetectConfig(method="learned"))
     assert optical.method == "learned+hybrid" and optical.default_threshold == "value:0"
     sar = build_detector(DetectConfig(method="learned", sensor="sar"))
-    assert sar.method == "learned+cluster" and sar.default_threshold == "value:0"
+    assert sar.method == "learned" and sar.default_threshold == "auto"
+    assert sar.extractor.objective == "cross-cal"
     explicit = build_detector(DetectConfig(method="learned", scorer="distance"))
     assert explicit.method == "learned+distance" and explicit.default_threshold == "auto"
