@@ -331,3 +331,61 @@ def test_each_precision_is_deterministic_and_tile_size_invariant(scene, tmp_path
     assert features["precision"] == precision and features["training"]["precision"] == "fp32"
     score = _read(runs["a"] / "change_score.tif")
     assert np.nanmean(score[truth]) > 2 * np.nanmean(score[~truth])
+
+
+def test_log_variance_fit_recovers_a_log_linear_variance() -> None:
+    """Squared residuals with variance exp(0.8 x - 1): Newton's maximum likelihood finds it."""
+    from microchange.features.learned import _log_variance_fit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, 200_000)
+    r2 = np.exp(0.8 * x - 1.0) * rng.chisquare(1, x.size)
+    theta = _log_variance_fit(np.stack([x, np.ones_like(x)], axis=1), r2)
+    np.testing.assert_allclose(theta, [0.8, -1.0], atol=0.02)
+
+
+def test_trimming_leaves_the_implanted_change_out_of_the_loss() -> None:
+    from microchange.features.learned import _trimmed
+
+    rng = np.random.default_rng(1)
+    before = rng.normal(0, 1, (2, 64, 64)).astype(np.float32)
+    after = (before + rng.normal(0, 0.3, before.shape)).astype(np.float32)
+    after[:, 10:20, 30:40] += 5.0  # 100 changed pixels of 4096
+    valid = np.ones((64, 64), bool)
+    (blocks, summary) = _trimmed([(before, after, valid)])
+    mask = blocks[0][2]
+    assert not mask[10:20, 30:40].any()
+    # the 100 changed pixels (2.4 %) and about the null model's 1 % tail of the noise
+    assert 0.024 <= summary["left_out"] <= 0.04
+    assert mask.mean() == pytest.approx(1 - summary["left_out"], abs=1e-6)
+    np.testing.assert_array_equal(blocks[0][0], before)  # inputs untouched
+
+
+def test_calibrated_objective_round_trips_and_is_tile_size_invariant(scene, tmp_path) -> None:
+    """cross-cal: scale heads fitted and recorded, checkpoint = on the fly, tiles agree."""
+    import json
+
+    paths, truth = scene
+    config = _config(objective="cross-cal")
+    fly = tmp_path / "fly"
+    run_detection(paths["before"], paths["after"], fly, config)
+    training = json.loads((fly / "run.json").read_text())["features"]["training"]
+    cal = training["calibration"]
+    assert cal["pixels"] > 0 and cal["ab"]["log_scale_range"][0] < cal["ab"]["log_scale_range"][1]
+    assert training["trim"]["left_out"] > 0
+    ckpt = tmp_path / "cal.ckpt"
+    train_extractor(paths["before"], paths["after"], ckpt, config)
+    assert checkpoints.load(ckpt).metadata["architecture"]["calibrated"] is True
+    for name, tile in (("ckpt", 512), ("tiled", 32)):
+        run_detection(paths["before"], paths["after"], tmp_path / name,
+                      _with_model(config, ckpt, tile_size=tile))
+    np.testing.assert_array_equal(_read(tmp_path / "ckpt" / "change_score.tif"),
+                                  _read(fly / "change_score.tif"))
+    np.testing.assert_array_equal(_read(tmp_path / "tiled" / "change_mask.tif"),
+                                  _read(fly / "change_mask.tif"))
+    np.testing.assert_allclose(_read(tmp_path / "tiled" / "change_score.tif"),
+                               _read(fly / "change_score.tif"), rtol=0, atol=1e-5)
+    score = _read(fly / "change_score.tif")
+    assert np.nanmean(score[truth]) > 2 * np.nanmean(score[~truth])
+    plain = build_detector(_with_model(_config(), ckpt))  # the checkpoint sets the objective
+    assert plain.extractor.objective == "cross-cal"
