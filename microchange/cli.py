@@ -211,7 +211,8 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="local file of pretrained backbone weights (default: random)")
     p.add_argument("--model", help="checkpoint from `microchange train` for the 'learned' method "
                    "(default: train on the pair itself)")
-    p.add_argument("--objective", help="unsupervised objective of the 'learned' method")
+    p.add_argument("--objective", help="unsupervised objective of the 'learned' method: cross, "
+                   "cross-cal or dae (default cross on optical, cross-cal on SAR)")
     p.add_argument("--epochs", type=int, help="maximum training epochs of the 'learned' method")
     p.add_argument("--config", help="JSON file with DetectConfig fields (flags override it)")
     p.add_argument("--prefect", action="store_true",
@@ -302,8 +303,9 @@ def _add_train_parser(sub: Any) -> None:
                        help="checkpoint file to write, e.g. model.ckpt")
     train.add_argument("--sensor", choices=("optical", "sar"),
                        help="sensor family whose defaults apply (default optical)")
-    train.add_argument("--objective", help="unsupervised objective: cross (cross-prediction) "
-                       "or dae (denoising autoencoder); default per sensor family")
+    train.add_argument("--objective", help="unsupervised objective: cross (cross-prediction), "
+                       "cross-cal (cross-prediction with calibrated residuals) or dae (denoising "
+                       "autoencoder); default per sensor family (cross optical, cross-cal SAR)")
     train.add_argument("--epochs", type=int, help="maximum training epochs (default 30)")
     train.add_argument("--patience", type=int,
                        help="stop after this many epochs without improvement (default 3)")

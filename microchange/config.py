@@ -189,7 +189,8 @@ class DeepConfig(BaseModel):
     )
     objective: str | None = Field(
         None,
-        description="Unsupervised objective of the 'learned' extractor (None: the default).",
+        description="Unsupervised objective of the 'learned' extractor: 'cross', 'cross-cal' or "
+        "'dae' (None: the sensor's default, cross on optical, cross-cal on SAR).",
     )
     epochs: int = Field(30, ge=1, le=1000, description="Maximum training epochs.")
     patience: int = Field(
