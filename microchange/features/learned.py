@@ -41,16 +41,18 @@ what CVA gets wrong; the shared DAE encoder has no notion of which differences a
 on SAR it amplifies speckle texture.
 
 Scorer (``config.METHOD_SCORERS``): ``hybrid`` on optical (PCA-KMeans on 5 x 5 neighbourhoods
-of the residual magnitude, or the pixel's own magnitude above its ``auto`` threshold), ``cluster``
-on SAR. Measured with ``benchmarks/accuracy.py`` (README, *Accuracy*), mean F1 / kappa: optical
-0.340 / 0.307, 0.340-0.347 F1 over seeds 0-2 (CVA 0.297 / 0.273, PCA-KMeans 0.322 / 0.286;
-distance + ``auto`` 0.337 / 0.304 but 0.299-0.339 over seeds; cluster 0.344 / 0.314 but it loses
-changes under 25 px, which hybrid keeps); SAR kappa 0.804 with cluster, 0.800-0.805 over seeds
-(CVA 0.816, PCA-KMeans 0.812). Otsu alone splits noise on quiet scenes (36.8 % of a synthetic
-2048^2 pair "changed"). With the truth known, the best single threshold gives mean F1
-0.405-0.421 (optical) and 0.826-0.838 (SAR) against CVA's 0.390 and 0.837: the features rank
-pixels a little better than CVA's on optical and as well on SAR; the gains of the network show
-most where a nuisance mixes bands (``benchmarks/figure_learned.py``).
+of the residual magnitude, or the pixel's own magnitude above its ``auto`` threshold), the
+method's own distance + ``auto`` on SAR, where ``cross-cal`` makes that threshold reliable.
+Measured with ``benchmarks/accuracy.py`` at commit 47dcbfb (README, *Accuracy*), mean F1 /
+kappa: optical 0.338 / 0.306, 0.338-0.360 F1 over seeds 0-2 (CVA 0.297 / 0.273, PCA-KMeans
+0.322 / 0.286; cluster 0.344 / 0.314 but it loses changes under 25 px, which hybrid keeps); SAR
+0.824 / 0.818, kappa 0.818-0.829 over seeds 0-2 (CVA 0.816, PCA-KMeans 0.812, CVA + density
+0.837). With plain ``cross`` and no trimming SAR gave 0.804 (cluster scorer). Otsu alone splits
+noise on quiet scenes (36.8 % of a synthetic 2048^2 pair "changed"). With the truth known, the
+best single threshold gives mean F1 0.423 (optical) and 0.832 (SAR) against CVA's 0.390 and
+0.837: the features rank pixels better than CVA's on optical and a little worse on SAR, where
+the gain is a threshold that holds; the gains of the network show most where a nuisance mixes
+bands (``benchmarks/figure_learned.py``).
 
 The receptive-field radius (the halo) is 3 px. Dilated layers were dropped: their backward pass
 is several times slower on CPU oneDNN. Training is deterministic on the CPU (seeded, deterministic
