@@ -202,6 +202,8 @@ class _Regressor(nn.Module):
     squared residual ``s(x)``, clamped to the range seen when it was fitted (``s_range``).
     """
 
+    s_range: torch.Tensor  # (2,) buffer of the calibrated: bounds of s(x) over the fit
+
     def __init__(self, bands: int, arch: Architecture) -> None:
         super().__init__()
         self.body = _trunk(bands, arch.width, arch.dilations, bands)
@@ -213,6 +215,7 @@ class _Regressor(nn.Module):
         self.scale: nn.Conv2d | None = None
         if arch.calibrated:
             self.scale = nn.Conv2d(arch.width, 1, 1)
+            assert self.scale.bias is not None
             nn.init.zeros_(self.scale.weight)
             nn.init.zeros_(self.scale.bias)
             self.scale.requires_grad_(False)  # fitted after training, not by gradient
@@ -425,6 +428,7 @@ def _fit_scales(net: nn.Module, blocks: Sequence[_Block], *, halo: int, seed: in
     out: dict[str, Any] = {"patches": CAL_PATCHES, "pixels": int(keep.sum())}
     for name, reg, x, y in (("ab", net.ab, xb, xa), ("ba", net.ba, xa, xb)):
         assert isinstance(reg, _Regressor) and reg.scale is not None
+        assert reg.scale.bias is not None
         with torch.no_grad():
             h = reg.hidden(x)
             r2 = (x + reg.body[-1](h) - y).square().sum(1)
