@@ -370,6 +370,8 @@ def _draw_patches(blocks: Sequence[_Block], rng: np.random.Generator, n: int, si
 
 CAL_PATCHES = 64
 """Patches (of the training size, loss masks as in training) that fit the residual scales."""
+MIN_CAL_PIXELS_PER_PARAM = 20
+"""Below this many usable pixels per head parameter the scales are not fitted (scale 1)."""
 
 
 def _log_variance_fit(x: NDArray[np.float64], r2: NDArray[np.float64], *, iters: int = 50
@@ -426,6 +428,12 @@ def _fit_scales(net: nn.Module, blocks: Sequence[_Block], *, halo: int, seed: in
                  for x in _draw_patches(blocks, rng, CAL_PATCHES, size, halo))
     keep = (m[:, 0] > 0).cpu().numpy()
     out: dict[str, Any] = {"patches": CAL_PATCHES, "pixels": int(keep.sum())}
+    usable = sum(int(v.sum()) for _, _, v in blocks)  # distinct pixels (patches may overlap)
+    width = net.ab.scale.in_channels if isinstance(net.ab.scale, nn.Conv2d) else 0
+    if usable < MIN_CAL_PIXELS_PER_PARAM * (width + 1):
+        # too few pixels to fit the heads: they stay at s = 0 (scale 1), plain cross-prediction
+        out["skipped"] = f"{usable} usable sample pixels"
+        return out
     for name, reg, x, y in (("ab", net.ab, xb, xa), ("ba", net.ba, xa, xb)):
         assert isinstance(reg, _Regressor) and reg.scale is not None
         assert reg.scale.bias is not None
@@ -440,7 +448,8 @@ def _fit_scales(net: nn.Module, blocks: Sequence[_Block], *, halo: int, seed: in
             reg.scale.weight.copy_(torch.from_numpy(theta[:-1]).reshape(reg.scale.weight.shape))
             reg.scale.bias.fill_(float(theta[-1]))
             reg.s_range.copy_(torch.tensor([float(s.min()), float(s.max())]))
-        out[name] = {"log_scale_range": [round(float(s.min()) / 2, 4), round(float(s.max()) / 2, 4)]}
+        out[name] = {"log_scale_range": [round(float(s.min()) / 2, 4),
+                                         round(float(s.max()) / 2, 4)]}
     return out
 
 

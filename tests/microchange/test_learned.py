@@ -389,3 +389,23 @@ def test_calibrated_objective_round_trips_and_is_tile_size_invariant(scene, tmp_
     assert np.nanmean(score[truth]) > 2 * np.nanmean(score[~truth])
     plain = build_detector(_with_model(_config(), ckpt))  # the checkpoint sets the objective
     assert plain.extractor.objective == "cross-cal"
+
+
+def test_calibration_is_skipped_without_enough_pixels() -> None:
+    """With (almost) no usable pixel the scale heads stay at scale 1: plain cross-prediction."""
+    from microchange.features.learned import ARCHITECTURES, _build_net, _features, _fit_scales
+
+    arch = ARCHITECTURES["cross-cal"]
+    net = _build_net(arch, 2, seed=0)
+    rng = np.random.default_rng(0)
+    zb = rng.normal(0, 1, (2, 48, 48)).astype(np.float32)
+    za = rng.normal(0, 1, (2, 48, 48)).astype(np.float32)
+    valid = np.zeros((48, 48), bool)
+    valid[20:24, 20:24] = True  # 16 pixels
+    summary = _fit_scales(net, [(zb, za, valid)], halo=arch.halo, seed=0,
+                          device=torch.device("cpu"))
+    assert "skipped" in summary
+    b, a = torch.from_numpy(zb[None]), torch.from_numpy(za[None])
+    (_, bb), (aa, _) = _features(net, arch, b, a)
+    torch.testing.assert_close(bb, b)  # scale 1: the inputs pass unchanged
+    torch.testing.assert_close(aa, a)
