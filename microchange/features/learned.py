@@ -32,7 +32,11 @@ the bulk. A network trained on them learns to predict them: on the Bern flood, t
 before mapping learned "dark water -> land", which hid the flood and marked the permanent water
 (best F1 of that residual alone 0.075; 0.84 with those pixels left out).
 
-Default: ``cross`` for optical, ``cross-cal`` for SAR. Measured on the shared benchmark data (13 pairs plus
+Default: ``cross`` for optical, ``cross-cal`` for SAR. Compared at commit faa969b
+(``benchmarks/accuracy.py --objective O``, likely changes left out for all), family mean F1 /
+kappa: optical with the hybrid scorer cross 0.338 / 0.306, cross-cal 0.317 / 0.285, dae 0.327 /
+0.294; SAR with the distance scorer cross 0.713 / 0.705, cross-cal 0.824 / 0.818, dae 0.757 /
+0.749 (with cluster: 0.794, 0.811, 0.593 F1). An earlier comparison (13 pairs plus
 3 resampled OSCD variants, one configuration per family, Otsu threshold), mean F1 / kappa:
 optical cross 0.358 / 0.314, dae 0.337 / 0.290, CVA 0.330 / 0.282; SAR cross 0.661 / 0.651,
 dae 0.523 / 0.505, CVA 0.625 / 0.614; heterogeneous (Shuguang) cross 0.452 / 0.412, dae 0.374,
