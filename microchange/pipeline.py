@@ -155,29 +155,41 @@ def _prepared_block(pair: PairReader, pre: PreprocessConfig, r: int, c: int, h: 
 
 def _cell_shifts(pair: PairReader, pre: PreprocessConfig, cell: int
                  ) -> tuple[list[float], list[float], list[list[tuple[float, float] | None]]]:
-    """Phase-correlation shift of the central block of every cell of a coarse grid.
+    """Phase-correlation shift of a central block of every cell of a coarse grid.
 
-    Rows of cells are read and correlated on threads, each with its own reader.
+    Each cell's block (:data:`_COREG_CELL_BLOCK` px) sits at the cell centre, moved (by at most
+    half its size) into the input's internal block that holds the centre, so that reading it
+    decodes one block per date rather than the four it would straddle. The returned row and
+    column positions are those of the blocks' centres. Rows of cells are read and correlated on
+    threads, each with its own reader.
     """
     g = pair.grid
-    row_starts = list(range(0, g.height, cell))
-    col_starts = list(range(0, g.width, cell))
-    rows = [r + (min(cell, g.height - r) - 1) / 2 for r in row_starts]
-    cols = [c + (min(cell, g.width - c) - 1) / 2 for c in col_starts]
+    grain = pair.block_shape or (0, 0)
+
+    def place(start: int, extent: int, inner: int) -> tuple[int, int]:
+        """(first pixel, size) of the block of the cell starting at ``start`` along one axis."""
+        size = min(_COREG_CELL_BLOCK, cell, extent - start)
+        centre = start + (min(cell, extent - start) - 1) / 2
+        first = min(max(0, round(centre - size / 2)), extent - size)
+        if inner >= size:
+            lo = int(centre) // inner * inner
+            hi = min(lo + inner, extent)
+            if hi - lo >= size:
+                first = min(max(first, lo), hi - size)
+        return first, size
+
+    row_blocks = [place(r, g.height, grain[0]) for r in range(0, g.height, cell)]
+    col_blocks = [place(c, g.width, grain[1]) for c in range(0, g.width, cell)]
+    rows = [r0 + (h - 1) / 2 for r0, h in row_blocks]
+    cols = [c0 + (w - 1) / 2 for c0, w in col_blocks]
 
     def line(k: int) -> list[tuple[float, float] | None]:
-        r, rc = row_starts[k], rows[k]
-        h = min(_COREG_CELL_BLOCK, cell, g.height - r)
-        r0 = min(max(0, round(rc - h / 2)), g.height - h)
-        out: list[tuple[float, float] | None] = []
+        r0, h = row_blocks[k]
         with pair.reopen() as own:
-            for c, cc in zip(col_starts, cols, strict=True):
-                w = min(_COREG_CELL_BLOCK, cell, g.width - c)
-                c0 = min(max(0, round(cc - w / 2)), g.width - w)
-                out.append(block_shift(*_prepared_block(own, pre, r0, c0, h, w)))
-        return out
+            return [block_shift(*_prepared_block(own, pre, r0, c0, h, w))
+                    for c0, w in col_blocks]
 
-    return rows, cols, ordered_map(line, range(len(row_starts)), available_cpus())
+    return rows, cols, ordered_map(line, range(len(row_blocks)), available_cpus())
 
 
 def _estimate_coregistration(

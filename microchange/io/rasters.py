@@ -399,6 +399,16 @@ class PairReader:
         """Number of bands read from each date."""
         return len(self.bands)
 
+    @property
+    def block_shape(self) -> tuple[int, int] | None:
+        """(rows, cols) of BEFORE's internal blocks when windows are read block by block, else None.
+
+        A window inside one block decodes that block only; one that straddles block edges
+        decodes every block it touches (up to 4 for a small window).
+        """
+        cache = self._cache_before
+        return (cache.block_h, cache.block_w) if cache is not None else None
+
     def read(self, r0: int, r1: int, c0: int, c1: int) -> TileArrays:
         """Read rows r0:r1 and columns c0:c1 of both dates (inside the raster, no halo).
 

@@ -183,3 +183,22 @@ def test_no_field_is_applied_when_the_cells_do_not_agree(tmp_path, make_geotiff)
     coreg = json.loads((tmp_path / "o" / "run.json").read_text())["coregistration"]
     assert coreg["mode"] != "local" and coreg["field"] is None
     assert not coreg["applied"], coreg["reason"]
+
+
+@pytest.mark.parametrize(("tile", "centres"), [(256, [191.5, 703.5]), (1024, [255.5, 767.5])])
+def test_cell_blocks_sit_inside_one_internal_block(tmp_path, tile, centres) -> None:
+    """Tiled input: each cell's 128 px block is moved into the 256 px block holding the cell
+    centre (one decode per date, not four). One block for the whole raster: cell centres."""
+    from microchange.io.rasters import PairReader
+    from microchange.pipeline import _cell_shifts
+
+    scene = make_scene(height=1024, width=1024, bands=1, seed=2, n_changes=0)
+    paths = write_scene(scene, tmp_path, tile=tile)
+    pre = DetectConfig().resolved_preprocess()
+    with PairReader(paths["before"], paths["after"]) as pair:
+        rows, cols, shifts = _cell_shifts(pair, pre, 512)
+    assert rows == centres and cols == centres
+    for r in rows:  # 128 px blocks, centred on these positions, within one 256 px block
+        first = int(r - 63.5)
+        assert tile == 1024 or first // 256 == (first + 127) // 256
+    assert all(s is not None for line in shifts for s in line)  # every cell correlated
