@@ -275,8 +275,10 @@ SENSOR_METHODS: dict[str, tuple[str, str | None]] = {
 changed and keep the demo scene's changes under 25 px as CVA does, a difference under 0.01
 counting as a tie won by the faster; a deep method must beat every classical one and run at
 their speed, >= 2 MPx/s at 4096^2 on 2 cores (README, *Accuracy*). Optical: ``learned`` (hybrid,
-0.340, 0.340-0.347 over seeds 0-2) beats PCA-KMeans (0.322, which loses small changes) and CVA
-(0.297) but runs at about 1.1-1.45 MPx/s: it is one flag away, ``--method learned``."""
+0.338, 0.338-0.360 over seeds 0-2) beats PCA-KMeans (0.322, which loses small changes) and CVA
+(0.297) but runs at 1.38-1.57 MPx/s against CVA's 2.48-2.78: it is one flag away, ``--method
+learned``. SAR: ``learned`` (cross-cal, kappa 0.818-0.829 over seeds) beats CVA (0.816) and
+PCA-KMeans (0.812) but not CVA + density (0.837)."""
 
 METHOD_SCORERS: dict[tuple[str, str], str] = {("learned", "optical"): "hybrid"}
 """(method, sensor family) -> scorer used when a method is given without a scorer and the
