@@ -71,9 +71,15 @@ def smooth_masked(
     Returns:
         (C, H, W) float32 smoothed image; invalid pixels hold 0.
     """
+    out = np.empty_like(image)
+    if valid.all():
+        # The weights are all 1 and their mirrored Gaussian mean is exactly 1.0 in float32 (the
+        # kernel sums to 1 in float64): the normalised convolution is the plain one, bit for bit.
+        for c in range(image.shape[0]):
+            out[c] = ndimage.gaussian_filter(image[c], sigma, mode="mirror", truncate=_TRUNCATE)
+        return out
     w = valid.astype(np.float32)
     norm = ndimage.gaussian_filter(w, sigma, mode="mirror", truncate=_TRUNCATE)
-    out = np.empty_like(image)
     for c in range(image.shape[0]):
         out[c] = ndimage.gaussian_filter(image[c] * w, sigma, mode="mirror", truncate=_TRUNCATE)
     np.divide(out, norm, out=out, where=norm > 1e-6)

@@ -100,3 +100,19 @@ def test_bilateral_noise_level_is_recorded(tmp_path, planted_pair) -> None:
     with rasterio.open(tmp_path / "o" / "change_mask.tif") as src:
         mask = src.read(1)
     assert (mask[truth] == 1).mean() > 0.8  # the planted change is found
+
+
+@pytest.mark.parametrize("sigma", [0.5, 0.7, 1.5, 3.3])
+@pytest.mark.parametrize("shape", [(518, 518), (37, 100), (7, 5)])
+def test_all_valid_smoothing_equals_the_normalised_convolution_bit_for_bit(sigma, shape) -> None:
+    """The all-valid shortcut skips the weights; the general path gives the same bits."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(0, 1, (3, *shape)).astype(np.float32)
+    valid = np.ones(shape, bool)
+    w = valid.astype(np.float32)
+    norm = ndimage.gaussian_filter(w, sigma, mode="mirror", truncate=4.0)
+    general = np.stack([ndimage.gaussian_filter(b * w, sigma, mode="mirror", truncate=4.0)
+                        for b in img]) / norm
+    assert np.array_equal(smooth_masked(img, valid, sigma), general.astype(np.float32))
