@@ -228,7 +228,7 @@ def child_floor(before: str, after: str, out: str) -> dict[str, Any]:
 
 
 def child_features(before: str, after: str, out: str, method: str) -> dict[str, Any]:
-    from microchange.blocks import available_cpus, ordered_map
+    from microchange.parallel import available_cpus, ordered_map
     from microchange.config import DetectConfig
     from microchange.detector import build_detector
     from microchange.features.bands import BandFeatures

@@ -6,11 +6,11 @@ from typing import Any
 from prefect import Flow, flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.runners import dask_task_runner
-from microchange.blocks import available_cpus
+from microchange.flows.runners import dask_task_runner
+from microchange.parallel import available_cpus
 from microchange.config import DetectConfig
 from microchange.pipeline import discard_run, tile_batches
-from tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
+from microchange.tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
 
 
 @flow(name="detect-changes", log_prints=True,
@@ -21,7 +21,7 @@ def detect_changes(
     before: str,
     after: str,
     out: str,
-    config: DetectConfig = DetectConfig(),  # noqa: B008 - frozen pydantic model
+    config: DetectConfig | None = None,
 ) -> dict[str, Any]:
     """Detect small changes between two rasters of the same place.
 
@@ -33,16 +33,18 @@ def detect_changes(
         before: Path of the raster at t0 (GeoTIFF/COG, ENVI, PNG...); defines the output grid.
         after: Path of the raster at t1; resampled onto BEFORE's grid if its grid differs.
         out: Output folder (created if missing).
-        config: Detection parameters: method, sensor family, threshold, tile size, bands.
+        config: Detection parameters (method, sensor family, threshold, tile size, bands,
+            preprocessing...); fields left out take the sensor family's defaults, and no
+            config at all runs the optical defaults.
 
     Returns:
         Summary with output paths, counts, the threshold and timings.
     """
     started = time.time()
-    plan = plan_tiles(before, after, out, config)
+    plan = plan_tiles(before, after, out, config or DetectConfig())
     try:
         fit_on_sample.submit(plan).result()  # on a Dask worker: the fit uses the cluster
-        batches = tile_batches(plan, batch_size=4)
+        batches = tile_batches(plan)
         scored = score_tiles.map(unmapped(plan), batches)
         scored.result()
         summary: dict[str, Any] = finalise_outputs(plan, started)

@@ -5,7 +5,8 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.evaluate import evaluate_run, write_report
+from microchange.tasks.evaluate import evaluate_run, write_report
+from microchange.types import METRICS_NAME
 
 _SUMMARY_KEYS = ("precision", "recall", "f1", "iou", "oa", "kappa", "pr_auc", "roc_auc",
                  "tp", "fp", "fn", "tn", "n_labelled", "n_ignored", "n_nodata",
@@ -19,7 +20,8 @@ def evaluate_changes(
     changed_values: list[int] = [255],  # noqa: B006 - Prefect copies parameter defaults
     ignore_values: list[int] = [],  # noqa: B006
     unchanged_values: list[int] | None = None,
-    truth_threshold: int | None = None,
+    truth_threshold: float | None = None,
+    report: bool = True,
 ) -> dict[str, Any]:
     """Score a detection run against a ground truth and write metrics.json and report.html.
 
@@ -38,6 +40,7 @@ def evaluate_changes(
             (sparse truth).
         truth_threshold: If set, truth pixels greater than this value are changed and all
             others unchanged (for lossy JPEG masks), instead of changed_values.
+        report: Write report.html and its figures.
 
     Returns:
         The headline metrics (precision, recall, f1, iou, oa, kappa, pr_auc, roc_auc, the
@@ -45,10 +48,10 @@ def evaluate_changes(
     """
     metrics = evaluate_run(out, truth, changed_values, ignore_values, unchanged_values,
                            truth_threshold)
-    report = write_report(out, metrics)
+    written = write_report(out, metrics) if report else None
     summary = {key: metrics[key] for key in _SUMMARY_KEYS if key in metrics}
-    summary["metrics"] = str(Path(out) / "metrics.json")
-    summary["report"] = report
+    summary["metrics"] = str(Path(out) / METRICS_NAME)
+    summary["report"] = written
     print(f"precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}, "
-          f"F1 {metrics['f1']:.3f}; report: {report}")
+          f"F1 {metrics['f1']:.3f}; report: {written}")
     return summary

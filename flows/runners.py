@@ -27,7 +27,7 @@ class EnvKeepingLocalCluster(LocalCluster):
     (``OMP_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``, ``OPENBLAS_NUM_THREADS=1``,
     ``MALLOC_TRIM_THRESHOLD_``) into the *parent's* ``os.environ`` and never removes it. In a
     process that runs several flows, every later local run would then see one CPU
-    (:func:`microchange.blocks.available_cpus` reads ``OMP_NUM_THREADS``) and score its tiles on
+    (:func:`microchange.parallel.available_cpus` reads ``OMP_NUM_THREADS``) and score its tiles on
     one thread. The variables are restored once the workers are up and again at close.
     """
 
@@ -77,5 +77,5 @@ def dask_task_runner(address: str | None = None, workers: int | None = None) -> 
         "dashboard_address": None,
         "env": _WORKER_ENV,
     }
-    return DaskTaskRunner(cluster_class="flows.runners.EnvKeepingLocalCluster",
+    return DaskTaskRunner(cluster_class="microchange.flows.runners.EnvKeepingLocalCluster",
                           cluster_kwargs=cluster_kwargs)

@@ -5,7 +5,7 @@ from typing import Any
 from prefect import flow
 
 from microchange.config import DetectConfig
-from tasks.train import train_extractor
+from microchange.tasks.train import train_extractor
 
 
 @flow(name="train-feature-extractor", log_prints=True)
@@ -13,7 +13,7 @@ def train_feature_extractor(
     before: str,
     after: str,
     out: str,
-    config: DetectConfig = DetectConfig(method="learned"),  # noqa: B008 - frozen pydantic model
+    config: DetectConfig | None = None,
     more_pairs: list[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Train the CNN of the 'learned' method on a pair itself, without labels.
@@ -35,7 +35,7 @@ def train_feature_extractor(
     Returns:
         Summary with the checkpoint and loss-curve paths, objective, epochs, losses and timings.
     """
-    summary: dict[str, Any] = train_extractor(before, after, out, config,
+    summary: dict[str, Any] = train_extractor(before, after, out, config or DetectConfig(),
                                               more_pairs=more_pairs or ())
     print(f"checkpoint {summary['checkpoint']}: {summary['objective']}, {summary['epochs']} "
           f"epochs, held-out loss {summary['best_loss']:.4g}")

@@ -2,11 +2,12 @@
 
 The core library: reading and aligning rasters, tiling with a halo, features, globally fitted
 scorers and thresholds, and writers for COG/GeoParquet outputs. It never imports Prefect; the
-``tasks`` and ``flows`` packages wrap these functions for orchestration.
+``microchange.tasks`` and ``microchange.flows`` packages wrap these functions for orchestration
+and ``microchange.cli`` is the command line.
 """
 
 from microchange.config import DetectConfig, PreprocessConfig
-from microchange.detector import METHODS, Detector, build_detector, method_names
+from microchange.detector import METHODS, Detector, build_detector
 from microchange.errors import InputError, MicrochangeError
 from microchange.pipeline import (
     finalise_detection,
@@ -30,7 +31,6 @@ __all__ = (
     "build_detector",
     "finalise_detection",
     "fit_detection",
-    "method_names",
     "plan_detection",
     "run_detection",
     "score_tiles",

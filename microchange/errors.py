@@ -13,11 +13,14 @@ __all__ = (
     "ConfigError",
     "GridMismatchError",
     "InputError",
+    "InputNotFoundError",
     "MicrochangeError",
     "MissingCRSError",
     "NoOverlapError",
+    "NotFittedError",
     "OutputError",
     "RasterReadError",
+    "StateMismatchError",
     "UnknownMethodError",
 )
 
@@ -32,6 +35,10 @@ class InputError(MicrochangeError, ValueError):
 
 class RasterReadError(InputError, OSError):
     """A raster cannot be opened or read (missing file, unsupported format, corrupt data)."""
+
+
+class InputNotFoundError(RasterReadError, FileNotFoundError):
+    """An input file or folder does not exist."""
 
 
 class BandMismatchError(InputError):
@@ -63,3 +70,11 @@ class UnknownMethodError(ConfigError, KeyError):
 
 class OutputError(MicrochangeError, OSError):
     """Outputs cannot be written (directory not writable, disk full)."""
+
+
+class NotFittedError(MicrochangeError, RuntimeError):
+    """A fitted component (extractor, scorer, normaliser) was used before it was fitted."""
+
+
+class StateMismatchError(MicrochangeError, ValueError):
+    """A fitted state does not match what uses it (other bands, method or objective)."""

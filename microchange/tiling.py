@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from microchange.errors import ConfigError
+
 __all__ = ("Tile", "crop_core", "iter_blocks", "pad_to_halo", "plan_tiles")
 
 
@@ -71,10 +73,10 @@ def plan_tiles(height: int, width: int, *, tile_size: int, halo: int = 0) -> lis
         Tiles covering every pixel exactly once by their cores.
 
     Raises:
-        ValueError: If a size is not positive or the halo is negative.
+        ConfigError: If a size is not positive or the halo is negative.
     """
     if height <= 0 or width <= 0 or tile_size <= 0 or halo < 0:
-        raise ValueError(
+        raise ConfigError(
             f"invalid tiling: height={height!r}, width={width!r}, tile_size={tile_size!r}, "
             f"halo={halo!r}; sizes must be > 0 and halo >= 0"
         )

@@ -21,13 +21,13 @@ from typing import Any
 
 from microchange.config import DetectConfig
 from microchange.detector import build_detector
-from microchange.errors import InputError, OutputError
+from microchange.errors import ConfigError, InputError, OutputError
 from microchange.features import checkpoints
 from microchange.features.learned import LearnedFeatures
-from microchange.io.manifest import read_json
-from microchange.io.rasters import PathLike
 from microchange.pipeline import plan_detection, prepared_sample
+from microchange.pipeline.records import Plan
 from microchange.tiling import crop_core
+from microchange.types import PairArrays, PathLike
 
 __all__ = ("plot_loss_curve", "train_extractor")
 
@@ -71,25 +71,54 @@ def plot_loss_curve(training: dict[str, Any], path: PathLike, *, title: str = ""
     return dest
 
 
+def _sample_record(pairs: Sequence[tuple[PathLike, PathLike]], plans: Sequence[Plan],
+                   samples: Sequence[Sequence[PairArrays]], cfg: DetectConfig) -> dict[str, Any]:
+    """What the checkpoint records of the samples it was trained on."""
+    pixels = [sum(int(crop_core(s.valid, s.halo).sum()) for s in group) for group in samples]
+    first = plans[0]
+    record: dict[str, Any] = {
+        "blocks": len(samples[0]), "pixels": pixels[0], "fitted_on": "local", "seed": cfg.seed,
+        "sample_pixels": cfg.sample_pixels,
+        "coregistration": first.coregistration.model_dump(mode="json"),
+        "grid": {"height": first.grid.height, "width": first.grid.width}}
+    if len(pairs) > 1:
+        record["pairs"] = [
+            {"before": str(b), "after": str(a), "pixels": n,
+             "grid": {"height": p.grid.height, "width": p.grid.width}}
+            for (b, a), n, p in zip(pairs, pixels, plans, strict=True)]
+    return record
+
+
+def _check_training_config(config: DetectConfig, out: Path) -> None:
+    if out.is_dir():
+        raise InputError(f"--out {str(out)!r} is a folder: give a checkpoint file name, e.g. "
+                         f"{str(out / 'model.ckpt')!r}")
+    if config.method not in (None, "learned"):
+        raise ConfigError(f"method={config.method!r}: training is for the 'learned' method only; "
+                          "set method to 'learned' or leave it out")
+    if config.deep.model is not None:
+        raise ConfigError(f"model={config.deep.model!r} does not apply to training, which writes "
+                          "a checkpoint: drop it (use it with `microchange detect --model`)")
+
+
 def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
                     config: DetectConfig,
                     more_pairs: Sequence[tuple[PathLike, PathLike]] = ()) -> dict[str, Any]:
     """Train the 'learned' extractor on BEFORE/AFTER (and more pairs) and save a checkpoint.
 
-    Runs the first stages of a detection on each pair
-    (:func:`~microchange.pipeline.plan_detection`: input checks and co-registration;
-    :func:`~microchange.pipeline.prepared_sample`: the global sample and its preprocessing) in a
-    temporary staging folder next to the checkpoint, so the network sees exactly what
-    ``detect --method learned`` would train on, then trains on all the samples.
+    Runs the first stages of a detection on each pair (input checks, co-registration, the
+    global sample and its preprocessing) in a temporary staging folder next to the checkpoint,
+    so the network sees exactly what ``detect --method learned`` would train on, then trains on
+    all the samples.
 
     Args:
         before: Raster at t0 (any format ``detect`` reads).
         after: Raster at t1; resampled onto BEFORE's grid if needed.
         out_ckpt: Checkpoint file to write (e.g. ``model.ckpt``); a loss-curve PNG is written
             next to it (``model.loss.png``).
-        config: Run parameters; ``sensor``, ``bands``, ``seed``, ``sample_pixels``,
-            ``preprocess`` and ``deep`` (objective, epochs, patience, device) are used. The
-            method is always 'learned' and ``deep.model`` is ignored.
+        config: Run parameters with method 'learned': ``sensor``, ``bands``, ``seed``,
+            ``sample_pixels``, ``preprocess``, ``masks`` and ``deep`` (objective, epochs,
+            patience, device) are used; the scoring options are for ``detect``.
         more_pairs: More (before, after) pairs of the same sensor and band count to train on.
 
     Returns:
@@ -98,20 +127,17 @@ def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
 
     Raises:
         InputError: If an input or option is bad (unreadable raster, band mismatch, no valid
-            pixel, unknown objective, CUDA asked for without a GPU, --out is a folder, pairs
-            with different band counts).
+            pixel, another method, a model given, CUDA asked for without a GPU, --out is a
+            folder, pairs with different band counts).
         OutputError: If the checkpoint cannot be written.
     """
     t0 = time.perf_counter()
     out = Path(out_ckpt)
-    if out.is_dir():
-        raise InputError(f"--out {str(out)!r} is a folder: give a checkpoint file name, e.g. "
-                         f"{str(out / 'model.ckpt')!r}")
-    cfg = config.model_copy(update={
-        "method": "learned", "deep": config.deep.model_copy(update={"model": None})})
-    extractor = build_detector(cfg).extractor  # bad objective or device: an error before any I/O
+    _check_training_config(config, out)
+    config = config.model_copy(update={"method": "learned"})
+    extractor = build_detector(config).extractor  # bad objective or device: before any I/O
     if not isinstance(extractor, LearnedFeatures):  # pragma: no cover - registry broken
-        raise TypeError("the 'learned' method does not use LearnedFeatures")
+        raise ConfigError("the 'learned' method does not use LearnedFeatures")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".microchange-train-", dir=out.parent))
@@ -120,25 +146,14 @@ def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
                           "--out") from exc
     try:
         pairs = [(before, after), *more_pairs]
-        plans = [plan_detection(b, a, work / f"pair{k}", cfg) for k, (b, a) in enumerate(pairs)]
-        samples = [prepared_sample(p) for p in plans]
+        plans = [Plan.load(plan_detection(b, a, work / f"pair{k}", config))
+                 for k, (b, a) in enumerate(pairs)]
+        samples = [prepared_sample(p.path) for p in plans]
         extractor.fit(samples[0], more=samples[1:])  # ConfigError (an InputError) on mismatch
-        docs = [read_json(Path(p)) for p in plans]
-        inputs = [f for doc in docs for role in ("before", "after")
-                  for f in doc["inputs"][role]["files"]]
+        inputs = [f for p in plans for role in ("before", "after")
+                  for f in p.inputs[role]["files"]]
         state_dict, meta = extractor.checkpoint_payload(inputs=inputs)
-        doc = docs[0]
-        pixels = [sum(int(crop_core(s.valid, s.halo).sum()) for s in group) for group in samples]
-        meta["sample"] = {"blocks": len(samples[0]), "pixels": pixels[0], "fitted_on": "local",
-                          "seed": cfg.seed, "sample_pixels": cfg.sample_pixels,
-                          "coregistration": doc["coregistration"],
-                          "grid": {"height": doc["grid"]["height"],
-                                   "width": doc["grid"]["width"]}}
-        if more_pairs:
-            meta["sample"]["pairs"] = [
-                {"before": str(b), "after": str(a), "pixels": n,
-                 "grid": {"height": d["grid"]["height"], "width": d["grid"]["width"]}}
-                for (b, a), n, d in zip(pairs, pixels, docs, strict=True)]
+        meta["sample"] = _sample_record(pairs, plans, samples, config)
         checkpoints.save(out, state_dict, meta)
         try:
             png = plot_loss_curve(extractor.training, out.with_suffix(".loss.png"),
@@ -149,7 +164,9 @@ def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
     finally:
         shutil.rmtree(work, ignore_errors=True)
     training = extractor.training
-    summary = {
+    log.info("trained learned/%s in %d epochs (held-out loss %.4g): %s", extractor.objective,
+             training["epochs_run"], training["best_loss"], out)
+    return {
         "checkpoint": str(out),
         "loss_curve": str(png),
         "objective": extractor.objective,
@@ -164,6 +181,3 @@ def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
         "timings": {"train_s": training["seconds"],
                     "total_s": round(time.perf_counter() - t0, 3)},
     }
-    log.info("trained learned/%s in %d epochs (held-out loss %.4g): %s", extractor.objective,
-             training["epochs_run"], training["best_loss"], out)
-    return summary

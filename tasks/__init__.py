@@ -1,1 +1,4 @@
-"""Prefect tasks: each a few lines around one microchange core call; they pass paths, not arrays."""
+"""Prefect tasks, each a few lines around one core call (installed as ``microchange.tasks``).
+
+They pass paths, not arrays.
+"""

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import task
 
 from microchange import pipeline
-from microchange.blocks import available_cpus, cluster_client
+from microchange.parallel import available_cpus, cluster_client
 from microchange.config import DetectConfig
 from microchange.features.devices import sharing_cpus
 

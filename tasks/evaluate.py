@@ -1,4 +1,4 @@
-"""Tasks of the evaluate-changes flow (see microchange.evaluation and microchange.report)."""
+"""Tasks of the evaluate-changes flow (see microchange.evaluation)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import task
 
-from microchange import evaluation, report
+from microchange import evaluation
 
 
 @task(name="evaluate-run", retries=1, retry_delay_seconds=2)
@@ -31,5 +31,5 @@ def evaluate_run(
 
 @task(name="write-report", retries=1, retry_delay_seconds=2)
 def write_report(out: str, metrics: dict[str, Any] | None) -> str:
-    """Write report.html and its figures. See microchange.report.write_report."""
-    return str(report.write_report(out, metrics))
+    """Write report.html and its figures. See microchange.evaluation.write_report."""
+    return str(evaluation.write_report(out, metrics))

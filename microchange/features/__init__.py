@@ -1,6 +1,5 @@
-"""Feature extractors: a tile of both dates in, per-pixel feature stacks out."""
+"""Feature extractors: a block of both dates in, per-pixel feature stacks out.
 
-from microchange.features.bands import BandFeatures
-from microchange.features.base import FeatureExtractor, FeatureSample
-
-__all__ = ("BandFeatures", "FeatureExtractor", "FeatureSample")
+``bands`` (standardised band values), ``backbone`` (a torchvision CNN) and ``learned`` (a compact
+CNN trained on the pair itself); :mod:`~microchange.features.base` is the interface they share.
+"""

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from microchange.features.base import FeatureSample, State
+from microchange.errors import NoOverlapError, NotFittedError
+from microchange.types import PairArrays, State
 
 __all__ = ("BandFeatures", "masked_band_stats")
 
@@ -33,7 +34,7 @@ def masked_band_stats(
         s = x.sum(axis=1) if s is None else s + x.sum(axis=1)
         ss = (x * x).sum(axis=1) if ss is None else ss + (x * x).sum(axis=1)
     if n == 0 or s is None or ss is None:
-        raise ValueError("no valid pixel in the sample: the inputs hold only nodata")
+        raise NoOverlapError("no valid pixel in the sample: the inputs hold only nodata")
     mean = s / n
     var = np.maximum(ss / n - mean * mean, 0.0)
     std = np.sqrt(var)
@@ -60,7 +61,7 @@ class BandFeatures:
         """Per-pixel features need no context."""
         return 0
 
-    def fit(self, samples: Sequence[FeatureSample]) -> None:
+    def fit(self, samples: Sequence[PairArrays]) -> None:
         """Fit per-date, per-band mean and std on the valid pixels of the sample."""
         valids = [s.valid for s in samples]
         mb, sb = masked_band_stats([s.before for s in samples], valids)
@@ -68,10 +69,10 @@ class BandFeatures:
         self._mean = np.stack([mb, ma])
         self._std = np.stack([sb, sa])
 
-    def extract(self, block: FeatureSample) -> FeatureSample:
+    def extract(self, block: PairArrays) -> PairArrays:
         """Standardise both dates of a block; invalid pixels hold 0."""
         if self._mean is None or self._std is None:
-            raise RuntimeError("BandFeatures.extract called before fit/load_state")
+            raise NotFittedError("BandFeatures.extract called before fit/load_state")
         out = []
         for d, image in enumerate((block.before, block.after)):
             m = self._mean[d].astype(np.float32)[:, None, None]
@@ -79,7 +80,7 @@ class BandFeatures:
             z = (image - m) / s
             z[:, ~block.valid] = 0.0
             out.append(z.astype(np.float32, copy=False))
-        return FeatureSample(out[0], out[1], block.valid, block.halo)
+        return PairArrays(out[0], out[1], block.valid, block.halo)
 
     def state(self) -> State:
         """Fitted per-date statistics."""

@@ -3,32 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import numpy as np
-from numpy.typing import NDArray
+from microchange.types import PairArrays, State
 
-__all__ = ("FeatureExtractor", "FeatureSample", "State")
-
-State = dict[str, NDArray[np.generic]]
-
-
-@dataclass
-class FeatureSample:
-    """Features of both dates for one block (core + halo).
-
-    Attributes:
-        before: (F, H, W) float32 features at t0.
-        after: (F, H, W) float32 features at t1.
-        valid: (H, W) bool, True where both dates hold data.
-        halo: Context pixels on each side around the core.
-    """
-
-    before: NDArray[np.float32]
-    after: NDArray[np.float32]
-    valid: NDArray[np.bool_]
-    halo: int
+__all__ = ("FeatureExtractor",)
 
 
 @runtime_checkable
@@ -48,11 +27,11 @@ class FeatureExtractor(Protocol):
         """Context pixels needed on each side of a tile."""
         ...
 
-    def fit(self, samples: Sequence[FeatureSample]) -> None:
+    def fit(self, samples: Sequence[PairArrays]) -> None:
         """Fit on prepared band values of sample blocks (``before``/``after`` are bands here)."""
         ...
 
-    def extract(self, block: FeatureSample) -> FeatureSample:
+    def extract(self, block: PairArrays) -> PairArrays:
         """Features of both dates of one block (same spatial shape as the input)."""
         ...
 

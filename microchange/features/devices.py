@@ -9,13 +9,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from microchange.blocks import available_cpus
+from microchange.parallel import available_cpus
+from microchange.config import Precision, choices
 from microchange.errors import ConfigError
 
 __all__ = ("PRECISIONS", "autocast", "available_cpus", "cpu_threads", "native_bf16_cpu",
            "resolve_device", "resolve_precision", "seeded", "sharing_cpus")
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = choices(Precision)
 """Names accepted by ``DeepConfig.precision``."""
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 

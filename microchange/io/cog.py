@@ -18,7 +18,7 @@ import rasterio
 import rasterio.shutil
 from numpy.typing import NDArray
 
-from microchange.io.rasters import Grid
+from microchange.types import Grid
 from microchange.tiling import Tile
 
 __all__ = ("assemble_cog", "read_part", "write_part")

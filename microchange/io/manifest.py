@@ -1,25 +1,37 @@
-"""JSON documents (plans, run manifests), input fingerprints and library versions."""
+"""JSON documents (plans, run manifests), input fingerprints, library versions, run folders."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ("file_fingerprint", "library_versions", "read_json", "write_json_atomic")
+from microchange.errors import InputNotFoundError
+from microchange.types import CHANGE_MASK, CHANGE_SCORE, RUN_MANIFEST, PathLike
+
+__all__ = ("file_fingerprint", "library_versions", "read_json", "read_run_manifest",
+           "run_rasters", "write_json_atomic", "write_text_atomic")
+
+log = logging.getLogger("microchange")
 
 _HASH_CHUNK = 8 * 1024 * 1024
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` under a temporary name, then rename it: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write_json_atomic(path: Path, document: Any) -> None:
     """Write ``document`` as indented JSON; readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -53,3 +65,36 @@ def library_versions() -> dict[str, str]:
     except ImportError:  # pragma: no cover - rasterio is a dependency
         pass
     return out
+
+
+def read_run_manifest(out: PathLike) -> dict[str, Any]:
+    """``run.json`` of a finished run folder, or an empty dict if it is missing or unreadable.
+
+    A run folder is finished once ``run.json`` is in it (it is published last); callers that
+    only enrich their output with it (the report, the evaluation) carry on without it.
+    """
+    path = Path(out) / RUN_MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        doc = read_json(path)
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read %s (%s): carrying on without the run's details", path, exc)
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def run_rasters(out: PathLike) -> tuple[Path, Path]:
+    """The change mask and the score map of a finished detection run folder.
+
+    Raises:
+        InputNotFoundError: If either is missing (``out`` is not the folder of a finished run).
+    """
+    out = Path(out)
+    paths = out / CHANGE_MASK, out / CHANGE_SCORE
+    for path in paths:
+        if not path.is_file():
+            raise InputNotFoundError(
+                f"{str(path)!r} not found: OUT_DIR must be the --out folder of a finished "
+                f"detection run; run `microchange detect BEFORE AFTER --out {out}` first")
+    return paths

@@ -3,7 +3,7 @@
 A :class:`MaskReader` opens the rasters named by a :class:`~microchange.config.MaskConfig` and
 reads them onto the output grid (BEFORE's) window by window:
 
-* a valid-data mask keeps pixels whose band-1 value is nonzero (zero with ``invert``);
+* a valid-data mask keeps pixels whose band-1 value is nonzero (zero with ``invert_masks``);
 * a class raster keeps pixels whose band-1 value is not in ``exclude_classes``;
 * pixels outside a mask raster's footprint, at its nodata value, or non-finite are excluded.
 
@@ -18,14 +18,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from affine import Affine
 from numpy.typing import NDArray
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from microchange.errors import GridMismatchError, MissingCRSError, NoOverlapError
-from microchange.io.rasters import Grid, open_raster
+from microchange.io.datasets import is_georeferenced, open_raster
+from microchange.types import Grid
 
 if TYPE_CHECKING:
     from microchange.config import MaskConfig
@@ -60,7 +60,7 @@ class _Layer:
 
     def _align(self, grid: Grid, flag: str) -> None:
         s = self.src
-        georef = s.crs is not None or not s.transform.almost_equals(Affine.identity())
+        georef = is_georeferenced(s)
         if not grid.georeferenced or not georef:  # matched by pixel position
             if (s.height, s.width) != (grid.height, grid.width):
                 raise GridMismatchError(
@@ -133,7 +133,7 @@ class MaskReader:
                     continue
                 classes = masks.exclude_classes if field.endswith("_classes") else None
                 self._layers.append(_Layer(field, path, grid, classes=classes,
-                                           invert=masks.invert))
+                                           invert=masks.invert_masks))
                 self.files[field] = path
         except Exception:
             self.close()

@@ -49,6 +49,7 @@ import rasterio
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
+from microchange.config import check_bands
 from microchange.errors import (
     BandMismatchError,
     ConfigError,
@@ -57,6 +58,7 @@ from microchange.errors import (
     NoOverlapError,
     RasterReadError,
 )
+from microchange.io.datasets import is_georeferenced, open_raster
 
 __all__ = (
     "RASTER_SUFFIXES",
@@ -81,7 +83,6 @@ RASTER_SUFFIXES = frozenset({
 })
 _SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk", ".hdr", ".xml", ".txt", ".md", ".json", ".prj",
                      ".tfw", ".wld", ".qml", ".sld")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _TOL_PX = 1e-3  # grid coordinates within this fraction of a pixel are taken as equal
 _MAX_LISTED = 15
 
@@ -154,31 +155,13 @@ def split_bands(
     """
     if bands is None:
         return None, None
-    if not bands:
-        raise ConfigError(f"{role} is empty: give band indexes (1,2,3) or band names (B02,B03)")
-    names = [b for b in bands if isinstance(b, str)]
-    ints = [b for b in bands if not isinstance(b, str)]
-    if names and ints:
-        raise ConfigError(
-            f"{role} {list(bands)!r} mixes band indexes and band names: use indexes (e.g. 1,2,3) "
-            "for bands of a multi-band file, or names (e.g. B02,B03,B04) for the files of a "
-            "folder, not both"
-        )
-    if ints:
-        if min(ints) < 1:
-            raise ConfigError(f"{role} {list(bands)!r}: indexes are 1-based (the first band is 1)")
-        return tuple(int(b) for b in ints), None
-    bad = [n for n in names if not _NAME_RE.match(n)]
-    if bad:
-        raise ConfigError(
-            f"{role}: invalid band name(s) {bad!r}: a name is letters, digits, '_' or '-' "
-            "(e.g. B02, B8A, VV)"
-        )
-    lower = [n.lower() for n in names]
-    dup = sorted({n for n in names if lower.count(n.lower()) > 1})
-    if dup:
-        raise ConfigError(f"{role}: band name(s) {dup!r} given twice: list each band once")
-    return None, tuple(names)
+    try:
+        check_bands(bands, role=role)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if isinstance(bands[0], str):
+        return None, tuple(str(b) for b in bands)
+    return tuple(int(b) for b in bands), None
 
 
 def parse_bands(text: str) -> tuple[int | str, ...]:
@@ -336,7 +319,7 @@ def _describe(name: str, path: Path, band: int, role: str, *, single: bool) -> _
         if band > ds.count:
             raise BandMismatchError(f"band {band} of {str(path)!r} requested but it has only "
                                     f"{ds.count}")
-        georef = ds.crs is not None or not ds.transform.almost_equals(Affine.identity())
+        georef = is_georeferenced(ds)
         return _Src(name, path.resolve(), band, ds.width, ds.height, ds.dtypes[band - 1],
                     ds.nodatavals[band - 1], ds.crs, ds.transform, georef)
 
@@ -495,8 +478,6 @@ def _open_vrt(xml: str, role: str, label: str) -> Any:
 
 def _bands_by_description(path: str | os.PathLike[str], names: tuple[str, ...],
                           role: str) -> list[tuple[str, Path, int]]:
-    from microchange.io.rasters import open_raster
-
     with open_raster(path, role=role) as ds:
         descriptions = [d or "" for d in ds.descriptions]
     out = []
@@ -541,8 +522,6 @@ def resolve_input(
             file or several.
         GridMismatchError: If the bands of a stack cannot be put on one grid.
     """
-    from microchange.io.rasters import open_raster
-
     indexes, names = split_bands(bands)
     label = str(path)
     stack = is_stack_input(path)

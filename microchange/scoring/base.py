@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from microchange.features.base import FeatureSample, State
+from microchange.types import PairArrays, State
 
 __all__ = ("Scorer",)
 
@@ -29,11 +29,11 @@ class Scorer(Protocol):
         """Context pixels needed on each side of a tile."""
         ...
 
-    def fit(self, samples: Sequence[FeatureSample]) -> None:
+    def fit(self, samples: Sequence[PairArrays]) -> None:
         """Fit on feature blocks from the global sample."""
         ...
 
-    def score(self, block: FeatureSample) -> NDArray[np.float32]:
+    def score(self, block: PairArrays) -> NDArray[np.float32]:
         """(H, W) float32 scores of a block; values at invalid pixels are undefined."""
         ...
 

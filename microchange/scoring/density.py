@@ -26,7 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from microchange.features.base import FeatureSample, State
+from microchange.errors import NoOverlapError, NotFittedError, StateMismatchError
+from microchange.types import PairArrays, State
 from microchange.scoring.distance import sample_differences
 
 __all__ = ("DENSITY_THRESHOLD", "DensityScorer")
@@ -65,7 +66,7 @@ class DensityScorer:
         """Per-pixel score: no context."""
         return 0
 
-    def fit(self, samples: Sequence[FeatureSample]) -> None:
+    def fit(self, samples: Sequence[PairArrays]) -> None:
         """Fit the no-change mixture (1..max_components components, lowest BIC) and its NLL law.
 
         Raises:
@@ -94,7 +95,7 @@ class DensityScorer:
             if best is None or bic < best[0]:
                 best = (bic, gm)
         if best is None:
-            raise ValueError("too few valid pixels in the sample to fit a density model")
+            raise NoOverlapError("too few valid pixels in the sample to fit a density model")
         gm = best[1]
         self._weights = np.asarray(gm.weights_, np.float64)
         self._means = np.asarray(gm.means_, np.float64)
@@ -110,7 +111,7 @@ class DensityScorer:
     def _nll_of(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         """Negative log-likelihood of (N, F) vectors under the mixture."""
         if self._weights is None or self._means is None or self._prec_chol is None:
-            raise RuntimeError("DensityScorer used before fit/load_state")
+            raise NotFittedError("DensityScorer used before fit/load_state")
         f = x.shape[1]
         log_terms = []
         for k in range(self._weights.size):
@@ -126,14 +127,14 @@ class DensityScorer:
     def surprise(self, nll: NDArray[np.float64]) -> NDArray[np.float64]:
         """``-log10`` of the tail probability of NLL values under the no-change mixture."""
         if self._nll is None:
-            raise RuntimeError("DensityScorer used before fit/load_state")
+            raise NotFittedError("DensityScorer used before fit/load_state")
         log_p = np.log10(_tail_levels())
         out = -np.interp(nll, self._nll, log_p)  # 0 below the table, -log10 p_min at its end
         beyond = nll > self._nll[-1]
         out[beyond] = -log_p[-1] + (nll[beyond] - self._nll[-1]) / np.log(10.0)
         return out
 
-    def score(self, block: FeatureSample) -> NDArray[np.float32]:
+    def score(self, block: PairArrays) -> NDArray[np.float32]:
         """(H, W) ``-log10 P(NLL >= NLL(x))`` of each pixel's difference vector."""
         f, h, w = block.before.shape
         x = (block.after - block.before).reshape(f, -1).T.astype(np.float64)
@@ -157,7 +158,7 @@ class DensityScorer:
         self._means = np.asarray(state["means"], np.float64)
         self._prec_chol = np.asarray(state["prec_chol"], np.float64)
         if "nll_table" not in state:
-            raise ValueError("density state without its calibration table (saved by an older "
+            raise StateMismatchError("density state without its calibration table (saved by an older "
                              "version): fit it again")
         self._nll = np.asarray(state["nll_table"], np.float64)
 

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from microchange.features.base import FeatureSample, State
+from microchange.errors import NoOverlapError, NotFittedError
+from microchange.types import PairArrays, State
 
 __all__ = ("CvaScorer", "MahalanobisScorer", "sample_differences")
 
@@ -26,10 +27,10 @@ class CvaScorer:
         """Per-pixel score: no context."""
         return 0
 
-    def fit(self, samples: Sequence[FeatureSample]) -> None:
+    def fit(self, samples: Sequence[PairArrays]) -> None:
         """No parameters."""
 
-    def score(self, block: FeatureSample) -> NDArray[np.float32]:
+    def score(self, block: PairArrays) -> NDArray[np.float32]:
         """sqrt(sum_f (after_f - before_f)^2) for each pixel."""
         diff = block.after - block.before
         out: NDArray[np.float32] = np.sqrt(np.einsum("fhw,fhw->hw", diff, diff)).astype(
@@ -46,7 +47,7 @@ class CvaScorer:
 
 
 def sample_differences(
-    samples: Sequence[FeatureSample], max_samples: int, seed: int
+    samples: Sequence[PairArrays], max_samples: int, seed: int
 ) -> NDArray[np.float64]:
     """Up to ``max_samples`` difference vectors (after - before) of valid core pixels.
 
@@ -100,11 +101,11 @@ class MahalanobisScorer:
         """Per-pixel score: no context."""
         return 0
 
-    def fit(self, samples: Sequence[FeatureSample]) -> None:
+    def fit(self, samples: Sequence[PairArrays]) -> None:
         """Robust location and covariance of the sample's difference vectors."""
         d = sample_differences(samples, self.max_samples, self.seed)
         if d.shape[0] < d.shape[1] + 2:
-            raise ValueError("too few valid pixels in the sample to fit a covariance")
+            raise NoOverlapError("too few valid pixels in the sample to fit a covariance")
         keep = d
         for _ in range(3):
             loc = keep.mean(axis=0)
@@ -115,10 +116,10 @@ class MahalanobisScorer:
             keep = d[dist <= np.quantile(dist, 1 - self.trim)]
         self._loc, self._whiten = loc, whiten
 
-    def score(self, block: FeatureSample) -> NDArray[np.float32]:
+    def score(self, block: PairArrays) -> NDArray[np.float32]:
         """(H, W) Mahalanobis distance of each difference vector from the no-change location."""
         if self._loc is None or self._whiten is None:
-            raise RuntimeError("MahalanobisScorer.score called before fit/load_state")
+            raise NotFittedError("MahalanobisScorer.score called before fit/load_state")
         f, h, w = block.before.shape
         x = (block.after - block.before).reshape(f, -1).T.astype(np.float64) - self._loc
         y = x @ self._whiten

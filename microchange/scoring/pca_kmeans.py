@@ -53,7 +53,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from microchange.features.base import FeatureSample, State
+from microchange.errors import ConfigError, NoOverlapError, NotFittedError, StateMismatchError
+from microchange.types import PairArrays, State
 from microchange.tiling import crop_core
 
 __all__ = ("PcaKMeansScorer", "difference_magnitude", "principal_axes", "two_means")
@@ -137,7 +138,7 @@ def two_means(x: NDArray[np.float64], *, seed: int, n_init: int = _N_INIT,
     return best
 
 
-def difference_magnitude(block: FeatureSample) -> NDArray[np.float64]:
+def difference_magnitude(block: PairArrays) -> NDArray[np.float64]:
     """(H, W) float64 Euclidean norm over features of ``after - before`` (the difference image)."""
     diff = (block.after - block.before).astype(np.float64, copy=False)
     return np.sqrt(np.einsum("fhw,fhw->hw", diff, diff))  # type: ignore[no-any-return]
@@ -189,16 +190,16 @@ class PcaKMeansScorer:
         pixel_threshold: str | None = None,
     ) -> None:
         if block < 1 or block % 2 == 0:
-            raise ValueError(f"invalid block {block!r}: the neighbourhood side must be odd, >= 1")
+            raise ConfigError(f"invalid block {block!r}: the neighbourhood side must be odd, >= 1")
         if not 1 <= components <= block * block:
-            raise ValueError(
+            raise ConfigError(
                 f"invalid components {components!r}: must be in [1, {block * block}] for "
                 f"block={block}"
             )
         if significance is not None and not 0 < significance < 0.5:
-            raise ValueError(f"invalid significance {significance!r}: a rate in (0, 0.5)")
+            raise ConfigError(f"invalid significance {significance!r}: a rate in (0, 0.5)")
         if fit_pixels < 100:
-            raise ValueError(f"invalid fit_pixels {fit_pixels!r}: must be >= 100")
+            raise ConfigError(f"invalid fit_pixels {fit_pixels!r}: must be >= 100")
         self.block = block
         self.components = components
         self.seed = seed
@@ -230,13 +231,13 @@ class PcaKMeansScorer:
         mode = "reflect" if min(d.shape) > 1 else "edge"
         return np.pad(d, r, mode=mode)  # type: ignore[call-overload,no-any-return]
 
-    def _sample_vectors(self, samples: Sequence[FeatureSample]) -> NDArray[np.float64]:
+    def _sample_vectors(self, samples: Sequence[PairArrays]) -> NDArray[np.float64]:
         """(n, h*h) neighbourhood vectors of a seeded random subset of the valid core pixels."""
         cores = [crop_core(s.valid, s.halo) for s in samples]
         counts = np.array([int(v.sum()) for v in cores], dtype=np.int64)
         total = int(counts.sum())
         if total == 0:
-            raise ValueError("no valid pixel in the sample: the inputs hold only nodata")
+            raise NoOverlapError("no valid pixel in the sample: the inputs hold only nodata")
         rng = np.random.default_rng(self.seed)
         take = np.sort(rng.choice(total, size=min(total, self.fit_pixels), replace=False))
         starts = np.concatenate([[0], np.cumsum(counts)])
@@ -254,7 +255,7 @@ class PcaKMeansScorer:
             parts.append(windows[rows, cols].reshape(pick.size, h * h))
         return np.concatenate(parts)
 
-    def fit(self, samples: Sequence[FeatureSample]) -> None:
+    def fit(self, samples: Sequence[PairArrays]) -> None:
         """Fit PCA and 2-means on neighbourhood vectors from the global sample.
 
         Raises:
@@ -281,14 +282,14 @@ class PcaKMeansScorer:
             self._pixel = fit_threshold(self.pixel_threshold, x[:, x.shape[1] // 2]).value
 
     # -- scoring -----------------------------------------------------------------------------
-    def project(self, block: FeatureSample) -> NDArray[np.float64]:
+    def project(self, block: PairArrays) -> NDArray[np.float64]:
         """(S, H, W) principal-component coordinates of every pixel's neighbourhood vector."""
         return self._project(block)[0]
 
-    def _project(self, block: FeatureSample) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    def _project(self, block: PairArrays) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Principal-component coordinates of every pixel's neighbourhood, and (H, W) ``d``."""
         if self._mean is None or self._axes is None:
-            raise RuntimeError("PcaKMeansScorer used before fit/load_state")
+            raise NotFittedError("PcaKMeansScorer used before fit/load_state")
         from scipy import ndimage
 
         d = difference_magnitude(block)
@@ -303,14 +304,14 @@ class PcaKMeansScorer:
         proj -= (axes @ self._mean)[:, None, None]
         return proj, d
 
-    def score(self, block: FeatureSample) -> NDArray[np.float32]:
+    def score(self, block: PairArrays) -> NDArray[np.float32]:
         """(H, W) float32 score, > 0 where the pixel is changed.
 
         The margin ``||p - c_unchanged|| - ||p - c_changed||``, or ``min(margin, d - bound)`` when
         the split showed no evidence of change.
         """
         if self._centroids is None:
-            raise RuntimeError("PcaKMeansScorer.score called before fit/load_state")
+            raise NotFittedError("PcaKMeansScorer.score called before fit/load_state")
         proj, d = self._project(block)
         dist = []
         for c in self._centroids:
@@ -348,11 +349,11 @@ class PcaKMeansScorer:
         """Restore parameters saved by :meth:`state`.
 
         Raises:
-            ValueError: If the state was fitted with another neighbourhood size.
+            StateMismatchError: If the state was fitted with another neighbourhood size.
         """
         block = int(state["block"])
         if block != self.block:
-            raise ValueError(
+            raise StateMismatchError(
                 f"state fitted with block={block} but this scorer has block={self.block}: "
                 "build the scorer with the same block size"
             )

@@ -24,18 +24,16 @@ Specs accepted by ``--threshold``:
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from microchange.errors import ConfigError
+from microchange.config import THRESHOLD_PATTERN, THRESHOLDS
+from microchange.errors import ConfigError, NoOverlapError
 
 __all__ = (
-    "THRESHOLDS",
-    "THRESHOLD_PATTERN",
     "Threshold",
     "auto_threshold",
     "evidence_above",
@@ -47,11 +45,6 @@ __all__ = (
     "otsu_threshold",
 )
 
-THRESHOLDS = ("auto", "otsu", "kittler-illingworth", "kmeans", "fpr:X", "value:X")
-_NUMBER = r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?"
-THRESHOLD_PATTERN = re.compile(
-    rf"^(auto|otsu|kittler-illingworth|kmeans|fpr:{_NUMBER}|value:{_NUMBER})$"
-)
 AUTO_EVIDENCE = 1.5
 """``auto`` keeps Otsu when the sample above it is at least this many times the null's share."""
 AUTO_FPR = 1e-4
@@ -82,7 +75,8 @@ def _finite(values: NDArray[np.floating]) -> NDArray[np.float64]:
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if v.size == 0:
-        raise ValueError("cannot fit a threshold on an empty sample")
+        raise NoOverlapError("cannot fit a threshold on an empty sample: the inputs hold no "
+                             "valid pixel where both overlap")
     return v
 
 

@@ -22,8 +22,8 @@ def _same_outputs(a, b) -> None:
 def test_local_cluster_and_existing_scheduler(prefect_harness, planted_pair, tmp_path) -> None:
     import os
 
-    from flows.detect import detect_changes_on_dask
-    from flows.runners import EnvKeepingLocalCluster as LocalCluster
+    from microchange.flows.detect import detect_changes_on_dask
+    from microchange.flows.runners import EnvKeepingLocalCluster as LocalCluster
 
     before, after, _ = planted_pair
     config = DetectConfig(tile_size=32)  # 30 tiles -> 8 batches spread over the workers

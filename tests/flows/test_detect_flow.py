@@ -20,7 +20,7 @@ def _table(path):
 
 
 def test_flow_and_cli_give_identical_outputs(prefect_harness, planted_pair, tmp_path) -> None:
-    from flows.detect import detect_changes
+    from microchange.flows.detect import detect_changes
 
     before, after, truth = planted_pair
     config = DetectConfig(tile_size=64, preprocess=PreprocessConfig())
@@ -42,7 +42,7 @@ def test_flow_and_cli_give_identical_outputs(prefect_harness, planted_pair, tmp_
 
 
 def test_flow_parameters_are_documented_for_the_ui() -> None:
-    from flows.detect import detect_changes
+    from microchange.flows.detect import detect_changes
 
     schema = detect_changes.parameters
     props = schema.properties
@@ -56,7 +56,7 @@ def test_flow_runs_one_tile_batch_per_cpu_at_a_time() -> None:
     """Prefect's default thread pool is unbounded: every batch would be in memory at once."""
     import os
 
-    from flows.detect import detect_changes
+    from microchange.flows.detect import detect_changes
 
     # no public accessor; bounded by the CPUs at import
     assert 1 <= detect_changes.task_runner._max_workers <= (os.cpu_count() or 1)

@@ -10,7 +10,7 @@ from microchange.pipeline import run_detection
 
 
 def test_evaluate_flow(prefect_harness, planted_pair, tmp_path) -> None:
-    from flows.evaluate import evaluate_changes
+    from microchange.flows.evaluate import evaluate_changes
 
     before, after, truth = planted_pair
     out = tmp_path / "out"
@@ -30,7 +30,7 @@ def test_evaluate_flow(prefect_harness, planted_pair, tmp_path) -> None:
 
 
 def test_evaluate_flow_parameters_are_documented_for_the_ui() -> None:
-    from flows.evaluate import evaluate_changes
+    from microchange.flows.evaluate import evaluate_changes
 
     props = evaluate_changes.parameters.properties
     assert set(props) == {"out", "truth", "changed_values", "ignore_values", "unchanged_values",

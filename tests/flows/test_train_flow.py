@@ -5,7 +5,7 @@ from microchange.features import checkpoints
 
 
 def test_train_flow_writes_a_usable_checkpoint(prefect_harness, planted_pair, tmp_path) -> None:
-    from flows.train import train_feature_extractor
+    from microchange.flows.train import train_feature_extractor
 
     before, after, _ = planted_pair
     out = tmp_path / "flow.ckpt"
@@ -18,7 +18,7 @@ def test_train_flow_writes_a_usable_checkpoint(prefect_harness, planted_pair, tm
 
 
 def test_train_flow_parameters_are_documented_for_the_ui() -> None:
-    from flows.train import train_feature_extractor
+    from microchange.flows.train import train_feature_extractor
 
     assert train_feature_extractor.name == "train-feature-extractor"
     props = train_feature_extractor.parameters.properties

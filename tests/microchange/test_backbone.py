@@ -15,22 +15,22 @@ from microchange.config import DeepConfig, DetectConfig
 from microchange.detector import build_detector
 from microchange.errors import ConfigError
 from microchange.features.backbone import BackboneFeatures
-from microchange.features.base import FeatureSample
+from microchange.types import PairArrays
 from microchange.pipeline import run_detection
 
 LIGHT = ("layer1",)  # stride 4, halo 28: fast unit tests
 
 
-def _block(bands: int, core: int, halo: int, seed: int = 0, shift: float = 0.0) -> FeatureSample:
+def _block(bands: int, core: int, halo: int, seed: int = 0, shift: float = 0.0) -> PairArrays:
     rng = np.random.default_rng(seed)
     size = core + 2 * halo
     before = rng.normal(100, 10, (bands, size, size)).astype(np.float32)
     after = (before + rng.normal(0, 1, before.shape) + shift).astype(np.float32)
     valid = np.ones((size, size), bool)
-    return FeatureSample(before, after, valid, halo)
+    return PairArrays(before, after, valid, halo)
 
 
-def _fitted(bands: int = 4, **kwargs) -> tuple[BackboneFeatures, FeatureSample]:
+def _fitted(bands: int = 4, **kwargs) -> tuple[BackboneFeatures, PairArrays]:
     ext = BackboneFeatures("resnet18", kwargs.pop("layers", LIGHT), device="cpu", **kwargs)
     block = _block(bands, 32, ext.halo)
     ext.fit([block])
@@ -54,7 +54,7 @@ def test_feature_shapes_dtype_and_mask() -> None:
     ext, fitted = _fitted(n_features=8)
     # a block seen in the fit and a copy of it give the same features
     from_fit = ext.extract(fitted)
-    fresh = ext.extract(FeatureSample(fitted.before.copy(), fitted.after.copy(),
+    fresh = ext.extract(PairArrays(fitted.before.copy(), fitted.after.copy(),
                                       fitted.valid.copy(), fitted.halo))
     assert np.array_equal(from_fit.before, fresh.before)
     assert np.array_equal(from_fit.after, fresh.after)
@@ -115,9 +115,9 @@ def test_block_features_do_not_depend_on_the_tiling(backbone: str, layers) -> No
     rng = np.random.default_rng(1)
     raster = rng.normal(size=(2, 3, 48 + 2 * halo + 16, 48 + 2 * halo + 16)).astype(np.float32)
 
-    def block(r: int, c: int, h: int, w: int) -> FeatureSample:  # core at raster (r, c)
+    def block(r: int, c: int, h: int, w: int) -> PairArrays:  # core at raster (r, c)
         b = raster[:, :, r - halo + halo:r + h + halo + halo, c - halo + halo:c + w + halo + halo]
-        return FeatureSample(b[0].copy(), b[1].copy(), np.ones(b.shape[-2:], bool), halo)
+        return PairArrays(b[0].copy(), b[1].copy(), np.ones(b.shape[-2:], bool), halo)
 
     ext.fit([block(0, 0, 48, 48)])
     whole = ext.extract(block(0, 0, 48, 48))

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from microchange.config import DetectConfig, PreprocessConfig
-from microchange.coregistration import (
+from microchange.preprocess.coregistration import (
     ShiftField,
     estimate_shift,
     estimate_shift_field,
@@ -189,7 +189,7 @@ def test_no_field_is_applied_when_the_cells_do_not_agree(tmp_path, make_geotiff)
 def test_cell_blocks_sit_inside_one_internal_block(tmp_path, tile, centres) -> None:
     """Tiled input: each cell's 128 px block is moved into the 256 px block holding the cell
     centre (one decode per date, not four). One block for the whole raster: cell centres."""
-    from microchange.io.rasters import PairReader
+    from microchange.io.pair import PairReader
     from microchange.pipeline import _cell_shifts
 
     scene = make_scene(height=1024, width=1024, bands=1, seed=2, n_changes=0)

@@ -5,7 +5,7 @@ import pytest
 import rasterio
 
 from microchange.config import DetectConfig, PreprocessConfig
-from microchange.denoise import (
+from microchange.preprocess.denoise import (
     NoiseLevel,
     bilateral_masked,
     denoise_halo,

@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from microchange.blocks import available_cpus
+from microchange.parallel import available_cpus
 from microchange.errors import ConfigError
 from microchange.features import devices
 from microchange.features.devices import (

@@ -57,14 +57,14 @@ def trained(scene, tmp_path_factory):
 
 def test_training_learns_a_nonlinear_radiometric_change_in_seconds() -> None:
     """AFTER = sqrt of BEFORE's bands in another order: CVA sees change everywhere."""
-    from microchange.features.base import FeatureSample
+    from microchange.types import PairArrays
     from microchange.features.learned import LearnedFeatures
 
     s = make_scene(height=96, width=96, bands=3, seed=5, n_changes=4, shift_px=0.0)
     after = np.sqrt(np.clip(s.after[[1, 2, 0]], 0, None)).astype(np.float32)
     valid = np.ones(s.truth.shape, bool)
     ext = LearnedFeatures(objective="cross", device="cpu", epochs=8, patience=8)
-    ext.fit([FeatureSample(s.before, after, valid, 0)])
+    ext.fit([PairArrays(s.before, after, valid, 0)])
     t = ext.training
     assert t["best_loss"] < 0.9 * t["initial_loss"]
     assert t["loss_history"][-1] < t["loss_history"][0]
@@ -194,12 +194,12 @@ def test_cpu_training_is_deterministic(trained, scene, tmp_path) -> None:
 
 
 def test_extract_batch_equals_extract_and_state_round_trips(trained, scene) -> None:
-    from microchange.features.base import FeatureSample
+    from microchange.types import PairArrays
 
     _, ckpt, _ = trained
     det = build_detector(_with_model(_config(), ckpt))
     rng = np.random.default_rng(0)
-    blocks = [FeatureSample(rng.normal(0, 1, (3, h, w)).astype(np.float32),
+    blocks = [PairArrays(rng.normal(0, 1, (3, h, w)).astype(np.float32),
                             rng.normal(0, 1, (3, h, w)).astype(np.float32),
                             np.ones((h, w), bool), 3) for h, w in ((40, 40), (40, 40), (30, 50))]
     blocks[0].valid[5:9, 5:9] = False

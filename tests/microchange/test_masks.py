@@ -11,7 +11,7 @@ from affine import Affine
 from microchange.cli import main
 from microchange.config import DetectConfig, MaskConfig
 from microchange.errors import GridMismatchError, NoOverlapError, RasterReadError
-from microchange.io.rasters import PairReader
+from microchange.io.pair import PairReader
 from microchange.pipeline import run_detection
 
 X0, Y0 = 500_000.0, 4_000_000.0

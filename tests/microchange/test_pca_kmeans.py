@@ -8,8 +8,8 @@ import rasterio
 
 from microchange.config import DetectConfig
 from microchange.detector import METHODS, build_detector
-from microchange.features.base import FeatureSample
-from microchange.io.rasters import PairReader
+from microchange.types import PairArrays
+from microchange.io.pair import PairReader
 from microchange.pipeline import run_detection
 from microchange.scoring.pca_kmeans import PcaKMeansScorer
 from microchange.tiling import Tile
@@ -104,7 +104,7 @@ def test_changed_cluster_has_the_larger_difference() -> None:
     before = rng.normal(0, 1, (3, 60, 60)).astype(np.float32)
     after = before + rng.normal(0, 0.1, before.shape).astype(np.float32)
     after[:, 20:30, 20:30] += 5.0
-    block = FeatureSample(before, after, np.ones((60, 60), bool), 0)
+    block = PairArrays(before, after, np.ones((60, 60), bool), 0)
     scorer = PcaKMeansScorer(block=3, components=2, seed=1)
     scorer.fit([block])
     score = scorer.score(block)
@@ -154,7 +154,7 @@ def test_no_change_pair_has_few_changed_pixels_with_default_threshold(make_geoti
 
 def test_without_significance_check_kmeans_splits_the_noise() -> None:
     rng = np.random.default_rng(3)
-    blocks = [FeatureSample(rng.normal(size=(2, 40, 40)).astype("float32"),
+    blocks = [PairArrays(rng.normal(size=(2, 40, 40)).astype("float32"),
                             rng.normal(size=(2, 40, 40)).astype("float32"),
                             np.ones((40, 40), bool), 2) for _ in range(4)]
     plain = PcaKMeansScorer(significance=None)
@@ -195,7 +195,7 @@ def test_hybrid_keeps_a_single_pixel_change_that_the_neighbourhood_dilutes() -> 
         after = before + 0.3 * rng.normal(size=(2, 60, 60)).astype("float32")
         after[:, 10:30, 10:30] += 3.0  # an object: the split has evidence of change
         after[:, 45, 45] += 3.0  # one changed pixel on its own
-        blocks.append(FeatureSample(before, after, np.ones((60, 60), bool), 2))
+        blocks.append(PairArrays(before, after, np.ones((60, 60), bool), 2))
     cluster = PcaKMeansScorer()
     cluster.fit(blocks)
     hybrid = PcaKMeansScorer(pixel_threshold="auto")

@@ -7,7 +7,7 @@ import rasterio
 from microchange.config import DetectConfig, PostprocessConfig, PreprocessConfig
 from microchange.errors import InputError
 from microchange.pipeline import run_detection
-from microchange.postprocess import make_mask
+from microchange.scoring.mask import make_mask
 
 RAW = PreprocessConfig()
 

@@ -7,7 +7,7 @@ import pytest
 
 from microchange.config import DetectConfig, PreprocessConfig
 from microchange.pipeline import run_detection
-from microchange.radiometry import RadiometricNormaliser
+from microchange.preprocess.radiometry import RadiometricNormaliser
 
 
 def relative_error(mapped, reference) -> float:

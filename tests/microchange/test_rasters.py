@@ -12,7 +12,7 @@ from microchange.errors import (
     NoOverlapError,
     RasterReadError,
 )
-from microchange.io.rasters import PairReader
+from microchange.io.pair import PairReader
 from microchange.tiling import Tile
 
 
@@ -159,7 +159,7 @@ def test_block_cache_assembles_windows_exactly_like_direct_reads(tmp_path) -> No
     import rasterio
     from rasterio.windows import Window
 
-    from microchange.io.rasters import BlockCache
+    from microchange.io.datasets import BlockCache
 
     rng = np.random.default_rng(4)
     data = rng.integers(0, 4000, (3, 100, 120)).astype("uint16")

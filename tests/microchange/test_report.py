@@ -1,4 +1,4 @@
-"""Tests of microchange.report.write_report: a self-contained HTML page and its PNG figures."""
+"""Tests of microchange.evaluation.report.write_report: a self-contained HTML page and its PNG figures."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from microchange.config import DetectConfig, PreprocessConfig
 from microchange.errors import GridMismatchError, InputError
 from microchange.evaluation import evaluate_run
 from microchange.pipeline import run_detection
-from microchange.report import write_report
+from microchange.evaluation.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_FIGURES = {"before", "after", "score", "mask_overlay", "truth_overlay", "score_histogram",

@@ -46,7 +46,7 @@ def test_no_change_pair_is_quiet_with_the_false_alarm_threshold(scenes, tmp_path
 
 
 def test_density_score_is_a_calibrated_tail_probability() -> None:
-    from microchange.features.base import FeatureSample
+    from microchange.types import PairArrays
     from microchange.scoring.density import DensityScorer
 
     rng = np.random.default_rng(5)
@@ -55,7 +55,7 @@ def test_density_score_is_a_calibrated_tail_probability() -> None:
 
     def block():
         after = (rng.normal(size=(200 * 200, 3)) @ chol.T).T.reshape(3, 200, 200)
-        return FeatureSample(np.zeros((3, 200, 200), np.float32), after.astype(np.float32),
+        return PairArrays(np.zeros((3, 200, 200), np.float32), after.astype(np.float32),
                              np.ones((200, 200), bool), 0)
 
     scorer = DensityScorer(seed=1)
@@ -89,7 +89,7 @@ def test_fitted_scorers_are_tile_size_invariant(scenes, tmp_path, scorer) -> Non
 
 
 def test_scorer_state_round_trip(planted_pair, tmp_path) -> None:
-    from microchange.io.rasters import PairReader
+    from microchange.io.pair import PairReader
     from microchange.tiling import Tile
 
     before, after, _ = planted_pair

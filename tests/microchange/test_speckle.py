@@ -5,8 +5,8 @@ import pytest
 
 from microchange.config import DetectConfig, PreprocessConfig
 from microchange.detector import build_detector
-from microchange.io.rasters import TileArrays
-from microchange.speckle import SpeckleFilter, lee_filter
+from microchange.types import PairArrays
+from microchange.preprocess.speckle import SpeckleFilter, lee_filter
 
 
 def _speckled(looks: float = 4.0, seed: int = 0, size: int = 96):
@@ -60,12 +60,12 @@ def test_tile_invariance_through_the_detector() -> None:
     halo = det.halo
     assert halo >= 2
     valid = np.ones((64, 64), bool)
-    det.fit([TileArrays(img, img2, valid, 0)])
-    whole = det.score(TileArrays(img, img2, valid, 0))
+    det.fit([PairArrays(img, img2, valid, 0)])
+    whole = det.score(PairArrays(img, img2, valid, 0))
     pad = [(0, 0), (halo, halo), (halo, halo)]
     b, a = np.pad(img, pad, mode="reflect"), np.pad(img2, pad, mode="reflect")
     v = np.ones(b.shape[1:], bool)
-    part = det.score(TileArrays(b[:, :32 + 2 * halo, :32 + 2 * halo],
+    part = det.score(PairArrays(b[:, :32 + 2 * halo, :32 + 2 * halo],
                                 a[:, :32 + 2 * halo, :32 + 2 * halo],
                                 v[:32 + 2 * halo, :32 + 2 * halo], halo))
     np.testing.assert_allclose(part[halo:, halo:], whole[halo:32, halo:32], rtol=1e-5, atol=1e-6)

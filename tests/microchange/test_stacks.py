@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from microchange.cli import main
 from microchange.config import DetectConfig
 from microchange.errors import BandMismatchError, ConfigError, RasterReadError
-from microchange.io.rasters import PairReader
+from microchange.io.pair import PairReader
 from microchange.io.stacks import band_pattern, parse_bands, resolve_input, split_bands
 from microchange.tiling import Tile
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from microchange.config import DetectConfig, PreprocessConfig
-from tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
+from microchange.tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
 
 
 def test_tasks_run_the_core_stages_without_an_api(planted_pair, tmp_path) -> None:

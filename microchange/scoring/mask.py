@@ -2,7 +2,7 @@
 
 Morphology runs on a block that keeps :attr:`PostprocessConfig.halo` pixels of context around the
 tile core, so the cleaned core is the same whatever the tile size. The minimum mapping unit works
-on whole regions across tiles (:func:`microchange.regions.remove_small_regions`).
+on whole regions across tiles (:func:`~microchange.scoring.regions.remove_small_regions`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from scipy import ndimage
 
 from microchange.config import PostprocessConfig
 from microchange.tiling import crop_core
+from microchange.types import MaskValue
 
-__all__ = ("MASK_CHANGED", "MASK_NODATA", "MASK_UNCHANGED", "disk", "make_mask")
-
-MASK_UNCHANGED, MASK_CHANGED, MASK_NODATA = 0, 1, 255
+__all__ = ("disk", "make_mask")
 
 
 def disk(radius: int) -> NDArray[np.bool_]:
@@ -47,5 +46,5 @@ def make_mask(
         changed = ndimage.binary_closing(changed, structure=disk(cfg.closing_radius)) & valid
     core_valid = np.asarray(crop_core(valid, keep), dtype=bool)
     core_changed = np.asarray(crop_core(changed, keep), dtype=bool)
-    mask = np.where(core_valid, core_changed.astype(np.uint8), np.uint8(MASK_NODATA))
+    mask = np.where(core_valid, core_changed.astype(np.uint8), np.uint8(MaskValue.NODATA))
     return mask.astype(np.uint8), np.asarray(crop_core(score, keep), dtype=np.float32)

@@ -1,4 +1,4 @@
-"""``python -m microchange`` runs the command line."""
+"""``python -m microchange.cli``."""
 
 import sys
 

@@ -21,8 +21,9 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from microchange.io.rasters import Grid
+from microchange.types import Grid
 from microchange.tiling import Tile
+from microchange.types import MaskValue
 
 __all__ = ("Regions", "extract_regions", "remove_small_regions")
 
@@ -71,7 +72,7 @@ class _Linker:
 
     def label(self, tile: Tile, mask: NDArray[np.uint8]) -> tuple[NDArray[np.int64], int]:
         """Global provisional labels (0 = background) of a tile core, and their count."""
-        labels, n = ndimage.label(mask == 1, structure=_FOUR)
+        labels, n = ndimage.label(mask == MaskValue.CHANGED, structure=_FOUR)
         glob = np.where(labels > 0, labels.astype(np.int64) + self.offset, 0)
         c0, c1 = tile.col_off, tile.col_off + tile.width
         if n:

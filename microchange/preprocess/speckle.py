@@ -27,7 +27,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from microchange.blocks import SampleStatistic
+from microchange.errors import ConfigError, StateMismatchError
+from microchange.parallel import SampleStatistic
 
 __all__ = ("SpeckleFilter", "check_window", "lee_filter", "local_stats")
 
@@ -87,11 +88,11 @@ def check_window(window: int) -> int:
     """``window`` if it is 0 (off) or odd and >= 3.
 
     Raises:
-        ValueError: Otherwise, with the fix.
+        ConfigError: Otherwise, with the fix.
     """
     if window != 0 and (window < 3 or window % 2 == 0):
-        raise ValueError(f"speckle filter window {window!r} must be 0 (off) or odd and >= 3, "
-                         "e.g. 5 or 7")
+        raise ConfigError(f"speckle filter window {window!r} must be 0 (off) or odd and >= 3, "
+                          "e.g. 5 or 7")
     return window
 
 
@@ -164,7 +165,7 @@ class SpeckleFilter(SampleStatistic):
         if self.cu2 is None:
             return image
         if image.shape[0] != len(self.cu2):
-            raise ValueError(f"speckle filter fitted on {len(self.cu2)} bands, got "
+            raise StateMismatchError(f"speckle filter fitted on {len(self.cu2)} bands, got "
                              f"{image.shape[0]}: use the same bands for fit and apply")
         return lee_filter(np.maximum(image, 0.0), valid, self.window, self.cu2)
 

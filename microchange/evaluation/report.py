@@ -29,19 +29,18 @@ from numpy.typing import NDArray
 from rasterio.enums import ColorInterp, Resampling
 
 from microchange.errors import GridMismatchError, InputError, OutputError
-from microchange.evaluation import MASK_CHANGED, MASK_NODATA, decode_truth
-from microchange.io.manifest import read_json
-from microchange.io.rasters import PathLike, open_raster
+from microchange.evaluation.metrics import decode_truth
+from microchange.io.datasets import open_raster
+from microchange.io.manifest import read_run_manifest, run_rasters
+from microchange.types import REPORT_DIR, REPORT_NAME, MaskValue, PathLike
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ("REPORT_DIR", "REPORT_NAME", "write_report")
+__all__ = ("write_report",)
 
 log = logging.getLogger(__name__)
 
-REPORT_NAME = "report.html"
-REPORT_DIR = "report"
 _DPI = 100
 _TP, _FP, _FN = (0.10, 0.75, 0.20), (0.90, 0.10, 0.10), (0.15, 0.45, 1.00)
 _NO_LABEL = (0.35, 0.35, 0.35)
@@ -100,16 +99,10 @@ def write_report(
         OutputError: If the report cannot be written.
     """
     out = Path(out_dir)
-    mask_path, score_path = out / "change_mask.tif", out / "change_score.tif"
-    for path in (mask_path, score_path):
-        if not path.is_file():
-            raise InputError(
-                f"{str(path)!r} not found: OUT_DIR must be the --out folder of a finished "
-                f"detection run; run `microchange detect BEFORE AFTER --out {out}` first"
-            )
+    mask_path, score_path = run_rasters(out)
     if max_size < 16:
         raise InputError(f"max_size must be >= 16 pixels, got {max_size!r}")
-    run = _read_run(out)
+    run = read_run_manifest(out)
     notes: list[str] = []
     before_path = _input_path(before, run, "before", notes)
     after_path = _input_path(after, run, "after", notes)
@@ -163,16 +156,6 @@ def write_report(
 
 
 # -- reading ----------------------------------------------------------------------------------
-
-
-def _read_run(out: Path) -> dict[str, Any]:
-    path = out / "run.json"
-    try:
-        doc = read_json(path) if path.is_file() else {}
-    except (OSError, ValueError) as exc:
-        log.warning("cannot read %s (%s): report without run details", path, exc)
-        doc = {}
-    return doc if isinstance(doc, dict) else {}
 
 
 def _input_path(given: PathLike | None, run: Mapping[str, Any], role: str,
@@ -334,11 +317,11 @@ def _legend(ax: Any, items: Iterable[tuple[str, tuple[float, float, float]]]) ->
 
 
 def _mask_panel(base: NDArray[np.float64], mask: NDArray[np.uint8]) -> _Panel:
-    img = _overlay(base, [(mask == MASK_NODATA, _NO_LABEL), (mask == MASK_CHANGED, _FP)])
+    img = _overlay(base, [(mask == MaskValue.NODATA, _NO_LABEL), (mask == MaskValue.CHANGED, _FP)])
     fig = _figure(mask.shape)
     ax = fig.add_subplot()
     ax.imshow(img, interpolation="nearest")
-    ax.set_title(f"Change mask over AFTER ({int(np.count_nonzero(mask == MASK_CHANGED)):,} "
+    ax.set_title(f"Change mask over AFTER ({int(np.count_nonzero(mask == MaskValue.CHANGED)):,} "
                  "changed px in this view)")
     ax.set_axis_off()
     _legend(ax, [("changed", _FP), ("nodata", _NO_LABEL)])
@@ -347,8 +330,8 @@ def _mask_panel(base: NDArray[np.float64], mask: NDArray[np.uint8]) -> _Panel:
 
 def _truth_panel(base: NDArray[np.float64], mask: NDArray[np.uint8],
                  changed: NDArray[np.bool_], labelled: NDArray[np.bool_]) -> _Panel:
-    pred = mask == MASK_CHANGED
-    scored = labelled & (mask != MASK_NODATA)
+    pred = mask == MaskValue.CHANGED
+    scored = labelled & (mask != MaskValue.NODATA)
     img = _overlay(base, [(~scored, _NO_LABEL), (scored & pred & ~changed, _FP),
                           (scored & ~pred & changed, _FN), (scored & pred & changed, _TP)])
     fig = _figure(mask.shape)

@@ -1,16 +1,17 @@
 """Sub-pixel co-registration of AFTER onto BEFORE: global shift or a smooth local shift field.
 
 Misregistration of a fraction of a pixel creates false change along every edge. The shift is
-estimated by phase correlation (:func:`phase_correlation`: the upsampled-DFT algorithm of
-scikit-image's ``phase_cross_correlation``, Hann window) on blocks spread over the whole raster; the median over blocks is robust to the
-few blocks that hold real change. Local distortions (terrain, a slightly rotated or scaled
+estimated by phase correlation (scikit-image's upsampled-DFT ``phase_cross_correlation`` on
+Hann-windowed blocks) on blocks spread over the whole raster; the median over blocks is robust
+to the few blocks that hold real change. Local distortions (terrain, a slightly rotated or scaled
 acquisition) are followed by a :class:`ShiftField`: one shift per cell of a coarse grid, cells
 without a usable estimate or far from the global shift take the global one, a 3x3 median over
 cells drops isolated outliers (often real change), and the field is bilinear between cell centres.
 
 The correction resamples AFTER window by window with a 4-tap Keys cubic kernel, which is local
 (unlike spline prefiltering), and a field is evaluated at absolute raster coordinates, so the
-corrected values do not depend on the tile size.
+corrected values do not depend on the tile size. :class:`GlobalShift` and :class:`ShiftField`
+are the :class:`~microchange.io.pair.AfterWarp` that the pair reader applies.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = (
+    "GlobalShift",
     "ShiftEstimate",
     "ShiftField",
     "block_shift",
@@ -76,54 +78,6 @@ def _block_signal(image: NDArray[np.float32], valid: NDArray[np.bool_]) -> NDArr
     return out
 
 
-def _upsampled_dft(data: NDArray[np.complex128], size: float, factor: NDArray[np.float64],
-                   offsets: NDArray[np.float64]) -> NDArray[np.complex128]:
-    """DFT of ``data`` on a ``size`` x ``size`` region of a ``factor`` times finer grid.
-
-    ``factor`` is a 0-d float64 array, as in scikit-image, so that every product rounds as there.
-
-    The region starts at ``offsets`` (rows, columns); computed by two matrix products instead of
-    zero-padding (Guizar-Sicairos et al., Opt. Lett. 33(2), 2008).
-    """
-    from scipy.fft import fftfreq
-
-    for n, offset in zip(data.shape[::-1], offsets[::-1], strict=True):
-        kernel = (np.arange(size) - offset)[:, None] * fftfreq(n, factor)
-        data = np.tensordot(np.exp(-2j * np.pi * kernel), data, axes=(1, -1))
-    return data
-
-
-def phase_correlation(reference: NDArray[np.float64], moving: NDArray[np.float64],
-                      upsample: int) -> tuple[float, float]:
-    """Shift (rows, columns) that registers ``moving`` onto ``reference``, to 1/``upsample`` px.
-
-    The peak of the cross-correlation (unnormalised, by FFT), refined on a 1.5 px neighbourhood
-    sampled ``upsample`` times finer by an upsampled DFT: the algorithm and the arithmetic of
-    :func:`skimage.registration.phase_cross_correlation` with ``normalization=None`` (results
-    equal to the bit, tested), without importing scikit-image (0.3 s) on every run.
-    """
-    from scipy.fft import fftn, ifftn
-
-    src, target = fftn(reference), fftn(moving)
-    shape = np.array(src.shape)
-    product = src * target.conj()
-    cross = ifftn(product)
-    peak = np.unravel_index(np.argmax(np.abs(cross)), cross.shape)
-    midpoint = np.trunc(shape / 2)
-    shift = np.stack(peak).astype(np.float64)
-    shift[shift > midpoint] -= shape[shift > midpoint]
-    factor = np.array(upsample, dtype=np.float64)
-    shift = np.round(shift * factor) / factor
-    region = np.ceil(factor * 1.5)
-    centre = np.trunc(region / 2.0)
-    fine = _upsampled_dft(product.conj(), float(region), factor,
-                          centre - shift * factor).conj()
-    fine_peak = np.stack(np.unravel_index(np.argmax(np.abs(fine)), fine.shape)).astype(np.float64)
-    shift += (fine_peak - centre) / factor
-    shift[shape == 1] = 0
-    return float(shift[0]), float(shift[1])
-
-
 def block_shift(
     before: NDArray[np.float32],
     after: NDArray[np.float32],
@@ -149,7 +103,10 @@ def block_shift(
     mov = _block_signal(after, valid) * window
     if not ref.any() or not mov.any():
         return None
-    return phase_correlation(ref, mov, upsample)
+    from skimage.registration import phase_cross_correlation  # 0.3 s: only when estimating
+
+    shift = phase_cross_correlation(ref, mov, upsample_factor=upsample, normalization=None)[0]
+    return float(shift[0]), float(shift[1])
 
 
 def median_shift(shifts: Sequence[tuple[float, float]]) -> ShiftEstimate:
@@ -181,6 +138,29 @@ def estimate_shift(
     shifts = [s for b, a, v in blocks
               if (s := block_shift(b, a, v, upsample=upsample, min_valid=min_valid)) is not None]
     return median_shift(shifts)
+
+
+@dataclass(frozen=True)
+class GlobalShift:
+    """One sub-pixel shift of AFTER over the whole raster (output(r, c) = input(r - dy, c - dx)).
+
+    Attributes:
+        dy: Row shift in pixels.
+        dx: Column shift in pixels.
+    """
+
+    dy: float
+    dx: float
+
+    @property
+    def margin(self) -> int:
+        """Pixels read around a window to resample it (:func:`shift_margin`)."""
+        return shift_margin(self.dy, self.dx)
+
+    def apply(self, after: NDArray[np.float32], valid: NDArray[np.bool_], r0: int, r1: int,
+              c0: int, c1: int) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        """Shift a window read with :attr:`margin` around it (see ``AfterWarp``)."""
+        return shift_image(after, valid, self.dy, self.dx, self.margin)
 
 
 @dataclass(frozen=True)
@@ -228,6 +208,17 @@ class ShiftField:
     def max_magnitude(self) -> float:
         """Largest shift length over the cells."""
         return float(np.hypot(self.dy, self.dx).max())
+
+    @property
+    def margin(self) -> int:
+        """Pixels read around a window to resample it (:func:`shift_margin`)."""
+        return shift_margin(self.max_abs(), 0.0)
+
+    def apply(self, after: NDArray[np.float32], valid: NDArray[np.bool_], r0: int, r1: int,
+              c0: int, c1: int) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        """Shift a window read with :attr:`margin` around it (see ``AfterWarp``)."""
+        dy, dx = self.sample(r0, r1, c0, c1)
+        return shift_image_field(after, valid, dy, dx, self.margin)
 
     def sample(self, r0: int, r1: int, c0: int, c1: int
                ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:

@@ -1,7 +1,4 @@
-"""Per-pixel preparation of a tile before features: log transform and mask-aware smoothing.
-
-Array in, array out; the caller reads tiles with a halo of at least :func:`preprocess_halo` pixels so
-that the result on the tile's core does not depend on the tile size.
+"""The log transform of SAR amplitudes (and any positive values), fitted on the global sample.
 
 The log transform is ``log(x + c)`` per band. ``c`` keeps zeros finite without flattening the
 data's own range: ``c = 1`` (``log1p``) for data in digital numbers (band median >= 1, e.g. 8- or
@@ -17,16 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from microchange.blocks import SwitchedStatistic
 from microchange.config import PreprocessConfig
-from microchange.denoise import denoise, denoise_halo
+from microchange.parallel import SwitchedStatistic
 
-__all__ = ("LogTransform", "log_transform", "preprocess_halo", "preprocess_image")
-
-def preprocess_halo(cfg: PreprocessConfig) -> int:
-    """Context pixels the preprocessing needs on each side of a tile."""
-    return cfg.speckle_window // 2 + denoise_halo(cfg.denoise, cfg.smoothing_sigma)
-
+__all__ = ("LogTransform", "log_transform")
 
 _LOG_FRACTION = 0.01
 
@@ -81,28 +72,3 @@ def log_transform(
     out = np.log(x + log_offset.astype(np.float32)[:, None, None]).astype(np.float32)
     out[:, ~valid] = 0.0
     return out
-
-
-def preprocess_image(
-    image: NDArray[np.float32], valid: NDArray[np.bool_], cfg: PreprocessConfig, *,
-    log_offset: NDArray[np.float32] | None = None,
-    noise: NDArray[np.float32] | None = None,
-) -> NDArray[np.float32]:
-    """Apply the configured preprocessing to one date of a tile.
-
-    Args:
-        image: (C, H, W) float32 band values.
-        valid: (H, W) bool validity mask.
-        cfg: Preprocessing options.
-        log_offset: (C,) offsets ``c`` of ``log(x + c)`` (:class:`LogTransform`); None or all
-            ones: ``log1p``.
-        noise: (C,) noise levels of the log-transformed bands, for the bilateral denoiser
-            (:class:`microchange.denoise.NoiseLevel`).
-
-    Returns:
-        (C, H, W) float32 prepared values (a new array; invalid pixels hold 0).
-    """
-    out = log_transform(image, valid, cfg, log_offset=log_offset)
-    if cfg.smoothing_sigma > 0:
-        return denoise(out, valid, cfg.denoise, cfg.smoothing_sigma, noise=noise)
-    return out if out is not image else image.copy()

@@ -40,11 +40,13 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
-from microchange.blocks import SampleStatistic, available_cpus, ordered_map
+from microchange.config import Radiometric, choices
+from microchange.errors import ConfigError, StateMismatchError
+from microchange.parallel import SampleStatistic, available_cpus, ordered_map
 
 __all__ = ("RADIOMETRIC_METHODS", "RadiometricNormaliser")
 
-RADIOMETRIC_METHODS = ("none", "linear", "histogram")
+RADIOMETRIC_METHODS = choices(Radiometric)
 """Names accepted by ``PreprocessConfig.radiometric``."""
 
 RadiometricMethod = Literal["none", "linear", "histogram"]
@@ -148,16 +150,16 @@ class RadiometricNormaliser(SampleStatistic):
         max_pixels: Sample pixels used at most (evenly thinned beyond).
 
     Raises:
-        ValueError: If ``method`` is unknown or ``iterations`` < 1.
+        ConfigError: If ``method`` is unknown or ``iterations`` < 1.
     """
 
     def __init__(self, method: RadiometricMethod = "histogram", *, iterations: int = 3,
                  max_pixels: int = _MAX_PIXELS) -> None:
         if method not in RADIOMETRIC_METHODS:
-            raise ValueError(f"unknown radiometric normalisation {method!r}: use one of "
+            raise ConfigError(f"unknown radiometric normalisation {method!r}: use one of "
                              f"{', '.join(RADIOMETRIC_METHODS)}")
         if iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {iterations!r}")
+            raise ConfigError(f"iterations must be >= 1, got {iterations!r}")
         self.method = method
         self.iterations = iterations
         self.max_pixels = max_pixels
@@ -253,7 +255,7 @@ class RadiometricNormaliser(SampleStatistic):
         if not self._x:
             return after
         if after.shape[0] != len(self._x):
-            raise ValueError(f"radiometric mapping fitted on {len(self._x)} bands, got "
+            raise StateMismatchError(f"radiometric mapping fitted on {len(self._x)} bands, got "
                              f"{after.shape[0]}: use the same bands for fit and apply")
         out = np.empty_like(after)
         for c, mapping in enumerate(self._maps):
@@ -296,7 +298,7 @@ class RadiometricNormaliser(SampleStatistic):
         """
         method = str(state["method"])
         if method != self.method:
-            raise ValueError(f"fitted radiometric state is {method!r}, not {self.method!r}: "
+            raise StateMismatchError(f"fitted radiometric state is {method!r}, not {self.method!r}: "
                              "re-run the fit stage")
         n = sum(1 for k in state if k.startswith("x"))
         self._set_knots([np.asarray(state[f"x{c}"], np.float64) for c in range(n)],

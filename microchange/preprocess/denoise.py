@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from microchange.blocks import SwitchedStatistic
+from microchange.config import Denoiser
+from microchange.errors import NotFittedError
+from microchange.parallel import SwitchedStatistic
 
 __all__ = (
-    "DENOISERS",
-    "Denoiser",
     "NoiseLevel",
     "bilateral_masked",
     "denoise",
@@ -37,8 +36,6 @@ __all__ = (
     "smooth_masked",
 )
 
-Denoiser = Literal["gaussian", "median", "bilateral"]
-DENOISERS: tuple[Denoiser, ...] = ("gaussian", "median", "bilateral")
 
 _TRUNCATE = 4.0
 _RANGE_K = 2.0  # range sigma of the bilateral filter, in noise levels per band
@@ -181,7 +178,7 @@ def denoise(
         return median_masked(image, valid, math.ceil(sigma))
     if kind == "bilateral":
         if noise is None:
-            raise ValueError("the bilateral filter needs the fitted noise level of each band")
+            raise NotFittedError("the bilateral filter needs the fitted noise level of each band")
         return bilateral_masked(image, valid, sigma, noise)
     return smooth_masked(image, valid, sigma)
 

@@ -68,7 +68,7 @@ class SampleStatistic(ABC):
         """Fit as a reduction over blocks wherever they are held (skipped when not needed).
 
         Args:
-            blocks: Blocks with ``before``, ``after`` and ``valid`` (e.g. ``TileArrays``).
+            blocks: Blocks with ``before``, ``after`` and ``valid`` (e.g. ``PairArrays``).
             part: A block's share of the fit (default: :meth:`partial` of its arrays).
         """
         if not self.needs_fit:

@@ -1,0 +1,129 @@
+"""Stage 1: check both inputs, decide the co-registration, plan the tiles (``plan.json``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from microchange.config import DetectConfig, PostprocessConfig
+from microchange.detector import build_detector
+from microchange.errors import InputError, OutputError
+from microchange.io.manifest import file_fingerprint
+from microchange.io.pair import PairReader
+from microchange.io.stacks import BandSource
+from microchange.pipeline.records import GridRecord, Plan
+from microchange.preprocess.alignment import estimate_coregistration
+from microchange.tiling import plan_tiles
+from microchange.types import STAGING_DIR, PathLike
+
+__all__ = ("plan_detection",)
+
+log = logging.getLogger("microchange")
+
+
+def _input_info(path: PathLike, ds: Any, fingerprints: dict[str, Any],
+                bands: Sequence[BandSource] | None) -> dict[str, Any]:
+    """What run.json records of one input: its dataset, its files and, for a stack, its bands."""
+    info: dict[str, Any] = {
+        "path": str(Path(path).resolve()),
+        "width": ds.width,
+        "height": ds.height,
+        "count": ds.count,
+        "dtype": ds.dtypes[0],
+        "driver": ds.driver,
+        "crs": ds.crs.to_string() if ds.crs else None,
+        "nodata": ds.nodata,
+        "files": [fingerprints[f] for f in ds.files],
+    }
+    if bands is not None:  # a stack of single-band files: which file each band came from
+        info["bands"] = [b.as_dict() for b in bands]
+    return info
+
+
+def _min_region_px(post: PostprocessConfig, pixel_area: float, before: PathLike) -> int:
+    """The minimum mapping unit in pixels (from square metres on a georeferenced grid)."""
+    if post.min_region_m2 is None:
+        return post.min_region_px or 1
+    if not math.isfinite(pixel_area):
+        raise InputError(f"min_region_m2={post.min_region_m2!r} needs a georeferenced grid but "
+                         f"{str(before)!r} has none: use min_region_px instead")
+    return max(1, math.ceil(post.min_region_m2 / pixel_area))
+
+
+def _staging(out_dir: Path, run_id: str) -> Path:
+    """Create the staging folder of a run."""
+    staging = out_dir / STAGING_DIR / run_id
+    try:
+        (staging / "parts").mkdir(parents=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {str(out_dir)!r} ({exc}): choose a "
+                          "writable --out") from exc
+    return staging
+
+
+def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: DetectConfig) -> str:
+    """Stage 1: check both inputs, plan the tile grid and create the staging folder.
+
+    Args:
+        before: Raster at t0; defines the output grid.
+        after: Raster at t1.
+        out: Output folder (created if missing).
+        config: Run parameters.
+
+    Returns:
+        Path of the plan (``plan.json``) that the next stages take.
+
+    Raises:
+        InputError: If an input, the output folder or a parameter is bad (the message says
+            which and how to fix it).
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {str(out)!r} is a file: give a folder for the outputs")
+    detector = build_detector(config)  # a bad method option fails before any I/O
+    with (PairReader(before, after, bands=config.bands, masks=config.masks) as pair,
+          ThreadPoolExecutor(1) as hasher):
+        src_b, src_a = pair.source("before"), pair.source("after")
+        files = [*src_b.files, *src_a.files, *pair.mask_files.values()]
+        # checksums while the co-registration runs (hashlib releases the GIL)
+        hashed = hasher.submit(lambda: {f: file_fingerprint(f) for f in files})
+        coreg = estimate_coregistration(pair, config.preprocess, seed=config.seed)
+        grid, fingerprints = pair.grid, hashed.result()
+        inputs = {"before": _input_info(before, src_b, fingerprints, pair.sources["before"]),
+                  "after": _input_info(after, src_a, fingerprints, pair.sources["after"])}
+        if pair.mask_files:
+            inputs["masks"] = {k: fingerprints[v] for k, v in pair.mask_files.items()}
+        alignment, warnings, bands = pair.alignment, list(pair.warnings), pair.bands
+        pixel_area = pair.pixel_area_m2()
+    for w in warnings:
+        log.warning(w)
+    post = config.postprocess
+    min_region_px = _min_region_px(post, pixel_area, before)
+    halo = detector.halo + post.halo
+    tiles = plan_tiles(grid.height, grid.width, tile_size=config.tile_size, halo=halo)
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+    staging = _staging(out_dir, run_id)
+    plan = Plan(
+        run_id=run_id, created=datetime.now(UTC).isoformat(timespec="seconds"),
+        before=str(Path(before).resolve()), after=str(Path(after).resolve()),
+        out=str(out_dir.resolve()), config=config, bands=list(bands),
+        grid=GridRecord(height=grid.height, width=grid.width, transform=grid.transform,
+                        crs_wkt=grid.crs_wkt,
+                        pixel_area_m2=pixel_area if math.isfinite(pixel_area) else None),
+        alignment=alignment, coregistration=coreg, warnings=warnings, halo=halo,
+        post_halo=post.halo, min_region_px=min_region_px,
+        tiles=[(t.tile_id, t.row_off, t.col_off, t.height, t.width) for t in tiles],
+        inputs=inputs, timings={"plan_s": round(time.perf_counter() - t0, 3)})
+    path = staging / "plan.json"
+    plan.save(path)
+    log.info("planned %d tiles of %d px (halo %d) on a %dx%d grid", len(tiles),
+             config.tile_size, halo, grid.height, grid.width)
+    return str(path)

@@ -1,0 +1,74 @@
+"""The four stages chained in one process (the command line's default runner)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from microchange.config import DetectConfig
+from microchange.parallel import available_cpus
+from microchange.pipeline.finalise import finalise_detection
+from microchange.pipeline.fit import fit_detection
+from microchange.pipeline.plan import plan_detection
+from microchange.pipeline.score import score_tiles, tile_batches
+from microchange.types import PathLike
+
+__all__ = ("discard_run", "run_detection")
+
+
+def run_detection(
+    before: PathLike,
+    after: PathLike,
+    out: PathLike,
+    config: DetectConfig,
+    *,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run every stage in this process (the flow ``detect-changes`` runs the same stages).
+
+    Args:
+        before: Raster at t0; defines the output grid.
+        after: Raster at t1.
+        out: Output folder.
+        config: Run parameters.
+        threads: Threads scoring tiles (default: the CPUs available, ``OMP_NUM_THREADS`` if set).
+        progress: Called with (tiles done, tiles total) as tiles finish.
+
+    Returns:
+        The summary of :func:`~microchange.pipeline.finalise_detection`.
+    """
+    started = time.time()
+    plan = plan_detection(before, after, out, config)
+    try:
+        fit_detection(plan)
+        ids = [i for batch in tile_batches(plan) for i in batch]
+        done = 0
+        lock = threading.Lock()
+
+        def _tick(n: int) -> None:
+            nonlocal done
+            with lock:
+                done += n
+                if progress is not None:
+                    progress(done, len(ids))
+
+        score_tiles(plan, ids, threads=threads or available_cpus(), progress=_tick)
+        return finalise_detection(plan, started=started)
+    except BaseException:
+        discard_run(plan)
+        raise
+
+
+def discard_run(plan_path: PathLike) -> None:
+    """Remove the staging folder of a failed run (final outputs are never touched)."""
+    staging = Path(plan_path).parent
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.parent.rmdir()
+    except OSError:
+        pass
