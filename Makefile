@@ -10,12 +10,13 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PREFECT_LOGGING_LEVEL ?= WARNING
 export DASK_LOGGING__DISTRIBUTED := warning
 
-.PHONY: demo test lint typecheck clean help
+.PHONY: demo test lint typecheck docs clean help
 
 help:
 	@echo "make demo   - install into .venv, run the detect-changes flow on a synthetic scene (out/demo)"
 	@echo "make test   - install test dependencies into .venv and run the test suite"
 	@echo "make lint   - ruff check; make typecheck - mypy --strict on microchange/"
+	@echo "make docs   - build the documentation site (mkdocs --strict) into site/; open site/index.html"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,9 @@ lint: $(VENV)/.installed
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy microchange
+
+docs: $(VENV)/.installed
+	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf out .prefect .pytest_cache .mypy_cache .ruff_cache
