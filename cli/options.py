@@ -18,7 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from microchange.config import DetectConfig
+from microchange.config import DetectConfig, check_bands
 from microchange.errors import ConfigError, InputError
 
 __all__ = ("CONFIG_SECTIONS", "add_config_options", "config_from_args", "describe_choices", "flag",
@@ -36,10 +36,12 @@ def flag(field: str) -> str:
 def parse_bands(text: str) -> tuple[int | str, ...]:
     """``"1,2,3"`` -> band indexes, ``"B02,B03"`` -> band names (checked by the config)."""
     tokens = [t.strip() for t in text.split(",") if t.strip()]
-    if not tokens:
-        raise argparse.ArgumentTypeError(f"invalid --bands {text!r}: give 1-based indexes "
-                                         "(1,2,3) or band names (B02,B03)")
-    return tuple(int(t) if t.isdigit() else t for t in tokens)
+    bands = tuple(int(t) if t.isdigit() else t for t in tokens)
+    try:
+        check_bands(bands, role="--bands")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return bands
 
 
 def _int_list(text: str) -> tuple[int, ...]:

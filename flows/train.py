@@ -27,8 +27,9 @@ def train_feature_extractor(
         before: Path of the raster at t0 (GeoTIFF/COG, ENVI, PNG...); defines the pixel grid.
         after: Path of the raster at t1; resampled onto BEFORE's grid if its grid differs.
         out: Checkpoint file to write, e.g. ``models/field42.ckpt``.
-        config: Parameters: sensor family, bands, seed, sample size and ``deep`` (objective,
-            epochs, patience, device). The method is always 'learned'.
+        config: Parameters with ``method`` 'learned' (or left out): sensor family, bands,
+            seed, sample size, preprocessing, masks and ``deep`` (objective, epochs, patience,
+            device); None trains with the optical defaults.
         more_pairs: More [before, after] pairs of the same sensor and bands to train on; each
             is co-registered, preprocessed and standardised on its own.
 

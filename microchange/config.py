@@ -153,7 +153,7 @@ class PostprocessConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     min_region_px: int | None = Field(
-        1, ge=1,
+        None, ge=1,
         description="Minimum mapping unit in pixels: connected changed regions smaller than "
         "this are dropped (1 keeps single-pixel micro-changes; sensor default: 9 for sar). "
         "Not together with min_region_m2.", **_FAMILY,

@@ -22,9 +22,8 @@ def test_detect_success_prints_summary(planted_pair, tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--method", "nope"], "unknown method 'nope': choose one of "),
     (["--threshold", "median"], "invalid threshold 'median'"),
-    (["--tile-size", "8"], "tile_size: Input should be greater than or equal to 32"),
+    (["--tile-size", "8"], "tile_size (--tile-size): Input should be greater than or equal to 32"),
     (["--bands", "1,9"], "band(s) [9] requested but BEFORE"),
 ])
 def test_bad_options_exit_2_with_a_message(planted_pair, tmp_path, capsys, args, message) -> None:
@@ -41,7 +40,16 @@ def test_bad_thread_count_exits_2(planted_pair, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:  # argparse's own exit
         main(["detect", str(before), str(after), "--out", str(tmp_path / "o"), "--threads", "0"])
     assert exc.value.code == 2
-    assert "'0' is not a positive whole number: use e.g. 2" in capsys.readouterr().err
+    assert "--threads 0: give a positive whole number, e.g. 2" in capsys.readouterr().err
+
+
+def test_unknown_method_is_an_argparse_choice_error(planted_pair, tmp_path, capsys) -> None:
+    before, after, _ = planted_pair
+    with pytest.raises(SystemExit) as exc:
+        main(["detect", str(before), str(after), "--out", str(tmp_path / "o"), "--method", "x"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'x' (choose from 'cva', 'pca-kmeans', 'backbone', 'learned')" in (
+        capsys.readouterr().err)
 
 
 def test_missing_input_exit_2(planted_pair, tmp_path, capsys) -> None:
@@ -65,18 +73,18 @@ def test_config_file_and_sensor(planted_pair, tmp_path) -> None:
 
 
 def test_python_m_help() -> None:
-    res = subprocess.run([sys.executable, "-m", "microchange", "detect", "--help"],
+    res = subprocess.run([sys.executable, "-m", "microchange.cli", "detect", "--help"],
                          capture_output=True, text=True, check=True)
     assert "--tile-size" in res.stdout and "--sensor" in res.stdout
 
 
 def test_unexpected_failure_exits_1(planted_pair, tmp_path, capsys, monkeypatch) -> None:
-    from microchange import pipeline
+    from microchange.pipeline import run
 
     def boom(*a, **k):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(pipeline, "fit_detection", boom)
+    monkeypatch.setattr(run, "fit_detection", boom)
     before, after, _ = planted_pair
     code = main(["detect", str(before), str(after), "--out", str(tmp_path / "o")])
     assert code == 1 and "kaboom" in capsys.readouterr().err

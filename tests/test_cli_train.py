@@ -49,8 +49,7 @@ def test_train_on_cuda_without_gpu_exits_2(planted_pair, tmp_path, capsys) -> No
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--objective", "nope"], "unknown objective 'nope'"),
-    (["--epochs", "0"], "deep.epochs: Input should be greater than or equal to 1"),
+    (["--epochs", "0"], "epochs (--epochs): Input should be greater than or equal to 1"),
     (["--bands", "1,9"], "band(s) [9] requested but BEFORE"),
 ])
 def test_train_bad_options_exit_2(planted_pair, tmp_path, capsys, args, message) -> None:

@@ -16,7 +16,8 @@ import rasterio
 from benchmarks.datasets import list_pairs, shared_data_root
 from microchange.config import DetectConfig
 from microchange.evaluation import evaluate_mask
-from microchange.pipeline import OUTPUT_NAMES, run_detection
+from microchange.pipeline import run_detection
+from microchange.types import OUTPUT_NAMES
 
 pytestmark = [
     pytest.mark.realdata,

@@ -69,7 +69,6 @@ __all__ = (
     "build_stack",
     "find_band_files",
     "is_stack_input",
-    "parse_bands",
     "resolve_input",
     "split_bands",
 )
@@ -162,20 +161,6 @@ def split_bands(
     if isinstance(bands[0], str):
         return None, tuple(str(b) for b in bands)
     return tuple(int(b) for b in bands), None
-
-
-def parse_bands(text: str) -> tuple[int | str, ...]:
-    """Parse ``"1,2,3"`` into indexes or ``"B02,B03"`` into names (comma-separated).
-
-    Tokens made of digits only become 1-based indexes; others are band names.
-
-    Raises:
-        ConfigError: If the list is empty or mixes indexes and names.
-    """
-    tokens = [t.strip() for t in text.split(",") if t.strip()]
-    bands = tuple(int(t) if t.isdigit() else t for t in tokens)
-    split_bands(bands)
-    return bands
 
 
 def band_pattern(name: str) -> re.Pattern[str]:

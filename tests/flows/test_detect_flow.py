@@ -23,7 +23,7 @@ def test_flow_and_cli_give_identical_outputs(prefect_harness, planted_pair, tmp_
     from microchange.flows.detect import detect_changes
 
     before, after, truth = planted_pair
-    config = DetectConfig(tile_size=64, preprocess=PreprocessConfig())
+    config = DetectConfig(tile_size=64, preprocess=PreprocessConfig(radiometric="none", smoothing_sigma=0.0))
     summary = detect_changes(before=str(before), after=str(after), out=str(tmp_path / "flow"),
                              config=config)
     assert summary["counts"]["changed_px"] == truth.sum()

@@ -14,7 +14,7 @@ def test_evaluate_flow(prefect_harness, planted_pair, tmp_path) -> None:
 
     before, after, truth = planted_pair
     out = tmp_path / "out"
-    run_detection(before, after, out, DetectConfig(tile_size=64, preprocess=PreprocessConfig()))
+    run_detection(before, after, out, DetectConfig(tile_size=64, preprocess=PreprocessConfig(radiometric="none", smoothing_sigma=0.0)))
     gt = tmp_path / "gt.tif"
     with rasterio.open(before) as src:  # truth on the pair's grid
         profile = {**src.profile, "count": 1, "dtype": "uint8", "nodata": None}
@@ -34,6 +34,6 @@ def test_evaluate_flow_parameters_are_documented_for_the_ui() -> None:
 
     props = evaluate_changes.parameters.properties
     assert set(props) == {"out", "truth", "changed_values", "ignore_values", "unchanged_values",
-                          "truth_threshold"}
+                          "truth_threshold", "report"}
     assert all(p.get("description") for p in props.values())
     assert props["changed_values"]["default"] == [255]

@@ -224,7 +224,7 @@ def test_bad_options() -> None:
         BackboneFeatures("resnet18", ("stage2",), device="cpu")
     with pytest.raises(ConfigError, match="unknown backbone"):
         BackboneFeatures("alexnet", device="cpu")
-    with pytest.raises(ConfigError, match=r"tile size 100 is not a multiple of the backbone's "
+    with pytest.raises(ConfigError, match=r"tile_size 100 is not a multiple of the backbone's "
                                           r"stride 8: use e\.g\. 512"):
         build_detector(DetectConfig(method="backbone", tile_size=100,
                                     deep=DeepConfig(layers=("layer2",))))

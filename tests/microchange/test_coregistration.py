@@ -11,7 +11,6 @@ from microchange.preprocess.coregistration import (
     ShiftField,
     estimate_shift,
     estimate_shift_field,
-    phase_correlation,
     shift_image,
     shift_image_field,
     shift_margin,
@@ -33,19 +32,6 @@ def test_estimate_recovers_shift_within_a_tenth_of_a_pixel(shift) -> None:
     est = estimate_shift([(img, moved.astype("float32"), valid)])
     # the estimate is the shift that registers AFTER back onto BEFORE
     assert abs(est.dy + shift[0]) <= 0.1 and abs(est.dx + shift[1]) <= 0.1
-
-
-def test_phase_correlation_equals_scikit_image_to_the_bit() -> None:
-    """The port of skimage's upsampled-DFT phase correlation gives the same floats."""
-    from skimage.registration import phase_cross_correlation
-
-    rng = np.random.default_rng(0)
-    for _ in range(40):
-        h, w = (int(v) for v in rng.integers(32, 140, 2))
-        a = ndimage.gaussian_filter(rng.normal(size=(h, w)), 2)
-        b = ndimage.shift(a, rng.uniform(-3, 3, 2)) + rng.normal(0, 0.05, (h, w))
-        expected, _, _ = phase_cross_correlation(a, b, upsample_factor=50, normalization=None)
-        assert phase_correlation(a, b, 50) == (float(expected[0]), float(expected[1]))
 
 
 def test_shift_image_matches_spline_shift_and_masks_edges() -> None:
@@ -190,11 +176,11 @@ def test_cell_blocks_sit_inside_one_internal_block(tmp_path, tile, centres) -> N
     """Tiled input: each cell's 128 px block is moved into the 256 px block holding the cell
     centre (one decode per date, not four). One block for the whole raster: cell centres."""
     from microchange.io.pair import PairReader
-    from microchange.pipeline import _cell_shifts
+    from microchange.preprocess.alignment import _cell_shifts
 
     scene = make_scene(height=1024, width=1024, bands=1, seed=2, n_changes=0)
     paths = write_scene(scene, tmp_path, tile=tile)
-    pre = DetectConfig().resolved_preprocess()
+    pre = DetectConfig().preprocess
     with PairReader(paths["before"], paths["after"]) as pair:
         rows, cols, shifts = _cell_shifts(pair, pre, 512)
     assert rows == centres and cols == centres

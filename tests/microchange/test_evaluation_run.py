@@ -221,7 +221,7 @@ def test_object_recall_function() -> None:
 def test_evaluate_run_on_a_detection_run(planted_pair, tmp_path) -> None:
     before, after, truth = planted_pair
     out = tmp_path / "out"
-    run_detection(before, after, out, DetectConfig(tile_size=64, preprocess=PreprocessConfig()))
+    run_detection(before, after, out, DetectConfig(tile_size=64, preprocess=PreprocessConfig(radiometric="none", smoothing_sigma=0.0)))
     gt = write_tif(tmp_path / "gt.tif", np.where(truth, 255, 0).astype(np.uint8))
     m = evaluate_run(out, gt)
     assert m["tp"] == truth.sum() and m["fp"] == 0 and m["fn"] == 0

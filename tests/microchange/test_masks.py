@@ -68,7 +68,7 @@ def test_masks_exclude_exactly_the_expected_pixels(scene):
         assert set(pair.mask_files) == {"after_mask", "before_classes"}
         part = pair.read(5, 45, 3, 33)  # windows agree with the whole
         np.testing.assert_array_equal(part.valid, whole.valid[5:45, 3:33])
-    with PairReader(b, a, masks=MaskConfig(after_mask=str(mask), invert=True)) as pair:
+    with PairReader(b, a, masks=MaskConfig(after_mask=str(mask), invert_masks=True)) as pair:
         inv = pair.read(0, N, 0, N).valid
     assert inv.sum() == 36 * 4  # only the cloud (6 x 6 coarse pixels) is kept
     only_shadow = MaskConfig(before_classes=str(classes), exclude_classes=(3,))

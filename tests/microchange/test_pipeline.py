@@ -6,14 +6,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from pydantic import ValidationError
 import rasterio
 
-from microchange import pipeline
+from microchange.pipeline import finalise, score
 from microchange.config import DetectConfig, PreprocessConfig
 from microchange.errors import UnknownMethodError
-from microchange.pipeline import OUTPUT_NAMES, STAGING_DIR, run_detection
+from microchange.pipeline import run_detection
+from microchange.types import OUTPUT_NAMES, STAGING_DIR
 
-RAW = PreprocessConfig()  # no smoothing: planted changes are recovered exactly
+RAW = PreprocessConfig(radiometric="none", smoothing_sigma=0.0)  # no smoothing: planted changes are recovered exactly
 
 
 def _read(path: Path) -> np.ndarray:
@@ -72,7 +74,7 @@ def test_output_contract(planted_pair, tmp_path) -> None:
     assert not (out / STAGING_DIR).exists()
 
 
-@pytest.mark.parametrize("pre", [PreprocessConfig(), PreprocessConfig(smoothing_sigma=1.0,
+@pytest.mark.parametrize("pre", [PreprocessConfig(radiometric="none", smoothing_sigma=0.0), PreprocessConfig(smoothing_sigma=1.0,
                                                                       log_transform=True)])
 def test_mask_and_scores_do_not_depend_on_tile_size(planted_pair, tmp_path, pre) -> None:
     before, after, _ = planted_pair
@@ -117,7 +119,7 @@ def test_failed_run_keeps_earlier_outputs_and_leaves_no_partial_file(
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(pipeline, "_write_changes_table", boom)
+    monkeypatch.setattr(finalise, "write_changes_table", boom)
     with pytest.raises(OSError, match="disk full"):
         run_detection(before, after, out, DetectConfig(tile_size=32))
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
@@ -126,8 +128,11 @@ def test_failed_run_keeps_earlier_outputs_and_leaves_no_partial_file(
 
 def test_unknown_method_fails_before_any_output(planted_pair, tmp_path) -> None:
     before, after, _ = planted_pair
-    with pytest.raises(UnknownMethodError, match=r"unknown method 'magic': choose one of .*cva"):
+    with pytest.raises(ValidationError, match=r"'cva', 'pca-kmeans', 'backbone' or 'learned'"):
         run_detection(before, after, tmp_path / "out", DetectConfig(method="magic"))
+    unvalidated = DetectConfig.model_construct(method="magic")
+    with pytest.raises(UnknownMethodError, match=r"unknown method 'magic': choose one of .*cva"):
+        run_detection(before, after, tmp_path / "out", unvalidated)
     assert not (tmp_path / "out").exists()
 
 
@@ -156,7 +161,7 @@ def test_scoring_threads_do_not_change_outputs(planted_pair, tmp_path) -> None:
 def test_a_failing_scoring_thread_fails_the_run_cleanly(planted_pair, tmp_path, monkeypatch) -> None:
     """An error in one scoring thread stops the others, is raised, and leaves nothing behind."""
     before, after, _ = planted_pair
-    real = pipeline.make_mask
+    real = score.make_mask
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -165,7 +170,7 @@ def test_a_failing_scoring_thread_fails_the_run_cleanly(planted_pair, tmp_path, 
             raise OSError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "make_mask", flaky)
+    monkeypatch.setattr(score, "make_mask", flaky)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="disk full"):
         run_detection(before, after, out, DetectConfig(tile_size=32, batch_tiles=1), threads=2)

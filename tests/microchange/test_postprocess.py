@@ -9,7 +9,7 @@ from microchange.errors import InputError
 from microchange.pipeline import run_detection
 from microchange.scoring.mask import make_mask
 
-RAW = PreprocessConfig()
+RAW = PreprocessConfig(radiometric="none", smoothing_sigma=0.0)
 
 
 def _mask(out):

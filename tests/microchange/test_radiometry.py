@@ -114,7 +114,8 @@ def test_run_records_the_mapping_and_quietens_a_nuisance_pair(planted_pair, make
 
 def test_log_offset_follows_the_data_scale() -> None:
     from microchange.config import PreprocessConfig
-    from microchange.preprocess import LogTransform, preprocess_image
+    from microchange.preprocess.chain import preprocess_image
+    from microchange.preprocess.logtransform import LogTransform
 
     rng = np.random.default_rng(0)
     valid = np.ones((32, 32), bool)

@@ -68,7 +68,7 @@ def write_gt(path: Path, truth: np.ndarray, driver: str = "GTiff") -> Path:
 def detected(planted_pair, tmp_path) -> tuple[Path, Path]:
     before, after, truth = planted_pair
     out = tmp_path / "out"
-    run_detection(before, after, out, DetectConfig(tile_size=64, preprocess=PreprocessConfig()))
+    run_detection(before, after, out, DetectConfig(tile_size=64, preprocess=PreprocessConfig(radiometric="none", smoothing_sigma=0.0)))
     return out, write_gt(tmp_path / "gt.tif", truth)
 
 

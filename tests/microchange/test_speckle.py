@@ -74,7 +74,7 @@ def test_tile_invariance_through_the_detector() -> None:
 def test_bad_windows() -> None:
     with pytest.raises(ValueError, match="must be 0 \\(off\\) or odd"):
         SpeckleFilter(4)
-    with pytest.raises(ValueError, match=r"speckle_window\s.*speckle filter window 6 must be 0"):
+    with pytest.raises(ValueError, match=r"speckle_window\s.*speckle_window=6 must be 0"):
         PreprocessConfig(speckle_window=6)
     off = SpeckleFilter(0)
     _, img = _speckled()

@@ -14,7 +14,8 @@ from microchange.cli import main
 from microchange.config import DetectConfig
 from microchange.errors import BandMismatchError, ConfigError, RasterReadError
 from microchange.io.pair import PairReader
-from microchange.io.stacks import band_pattern, parse_bands, resolve_input, split_bands
+from microchange.cli.options import parse_bands
+from microchange.io.stacks import band_pattern, resolve_input, split_bands
 from microchange.tiling import Tile
 
 X0, Y0 = 500_000.0, 4_000_000.0
@@ -144,9 +145,9 @@ def test_missing_and_ambiguous_bands_name_the_folder_and_files(folders):
 
 def test_mixing_indexes_and_names_is_an_error(folders):
     t1_dir, t2_dir, _, _ = folders
-    with pytest.raises(ConfigError, match="mixes band indexes and band names"):
+    with pytest.raises(ConfigError, match="mix indexes and names"):
         split_bands((1, "B02"))
-    with pytest.raises(ConfigError, match="mixes band indexes and band names"):
+    with pytest.raises(ConfigError, match="mix indexes and names"):
         PairReader(t1_dir, t2_dir, bands=(1, "B02"))
     with pytest.raises(ValidationError, match="mix indexes and names"):
         DetectConfig(bands=(1, "B02"))

@@ -9,7 +9,7 @@ from microchange.tasks.detect import finalise_outputs, fit_on_sample, plan_tiles
 def test_tasks_run_the_core_stages_without_an_api(planted_pair, tmp_path) -> None:
     before, after, truth = planted_pair
     plan = plan_tiles.fn(str(before), str(after), str(tmp_path / "out"), DetectConfig(tile_size=80,
-                      preprocess=PreprocessConfig()))
+                      preprocess=PreprocessConfig(radiometric="none", smoothing_sigma=0.0)))
     assert Path(plan).name == "plan.json"
     model = fit_on_sample.fn(plan)
     assert Path(model).exists()
