@@ -9,9 +9,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from microchange.parallel import available_cpus
 from microchange.config import Precision, choices
 from microchange.errors import ConfigError
+from microchange.parallel import available_cpus
 
 __all__ = ("PRECISIONS", "autocast", "available_cpus", "cpu_threads", "native_bf16_cpu",
            "resolve_device", "resolve_precision", "seeded", "sharing_cpus")

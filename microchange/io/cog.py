@@ -18,8 +18,8 @@ import rasterio
 import rasterio.shutil
 from numpy.typing import NDArray
 
-from microchange.types import Grid
 from microchange.tiling import Tile
+from microchange.types import Grid
 
 __all__ = ("assemble_cog", "read_part", "write_part")
 

@@ -28,7 +28,8 @@ from microchange.errors import (
 )
 from microchange.io.datasets import GDAL_CACHE_MB, BlockCache, is_georeferenced, read_valid
 from microchange.io.masks import MaskReader
-from microchange.io.stacks import BandSelection, BandSource, resolve_input
+from microchange.io.stacks import BandSelection, resolve_input
+from microchange.io.vrt import BandSource
 from microchange.tiling import Tile, pad_to_halo
 from microchange.types import Grid, PairArrays, PathLike
 

@@ -17,7 +17,7 @@ from microchange.detector import build_detector
 from microchange.errors import InputError, OutputError
 from microchange.io.manifest import file_fingerprint
 from microchange.io.pair import PairReader
-from microchange.io.stacks import BandSource
+from microchange.io.vrt import BandSource
 from microchange.pipeline.records import GridRecord, Plan
 from microchange.preprocess.alignment import estimate_coregistration
 from microchange.tiling import plan_tiles

@@ -1,33 +1,25 @@
 """Relative radiometric normalisation: map AFTER onto BEFORE's radiometry, band by band.
 
-Illumination, atmosphere, sensor calibration and processing make the same ground look different
-on two dates: a gain and offset per band, often a non-linear (gamma-like) response too. None of it
-is change, but it shifts every pixel and drowns small changes. The mapping is fitted once on the
-global sample (never per tile) on **pseudo-invariant pixels** (PIFs), the pixels that did not
-change, found iteratively:
-
-1. Fit a mapping of each band on every valid sample pixel.
-2. Residuals ``map(after) - before`` of every band, scaled by their robust spread (1.4826 MAD),
-   give each pixel a squared distance ``d2`` summed over the bands; pixels with ``d2`` under the
-   chi-square 99 % quantile (C degrees of freedom) are the PIFs. Real change, rare but large,
-   falls out.
-3. Refit on the PIFs; repeat (``iterations`` times in all).
+Illumination, atmosphere, calibration and processing make the same ground look different on two
+dates (a gain and offset per band, often a gamma-like response). None of it is change, but it
+shifts every pixel and drowns small changes. The mapping is fitted once on the global sample
+(never per tile) on **pseudo-invariant pixels** (PIFs), found iteratively: fit a mapping of each
+band on every valid sample pixel; scale the residuals ``map(after) - before`` by their robust
+spread (1.4826 MAD) and keep the pixels whose squared distance summed over bands is under the
+chi-square 99 % quantile; refit on them (``iterations`` times in all).
 
 Mappings (``method``):
 
 ``histogram``
-    Quantile mapping on the PIFs: AFTER's quantiles (256 levels) are mapped onto BEFORE's, then
-    linear interpolation between them and linear extrapolation beyond (the slope over the outer
-    5 % of each tail). It inverts any monotone radiometric change: gain, offset, gamma.
+    Quantile mapping on the PIFs (256 levels), linear between quantiles and beyond them (the
+    slope of the outer 5 % of each tail): inverts any monotone change (gain, offset, gamma).
 ``linear``
-    Robust gain and offset per band: ``gain = IQR(before) / IQR(after)``, ``offset = median(before)
-    - gain * median(after)`` on the PIFs (a two-quantile version of the above, classic PIF
-    regression without the least-squares bias towards zero gain).
+    Robust gain and offset per band from the PIFs' medians and interquartile ranges.
 ``none``
     Identity.
 
-The mapping acts on band values as read (before the log transform and the smoothing), one pixel
-at a time: it needs no halo and does not depend on the tiling. Invalid pixels stay 0.
+The mapping acts on band values as read, one pixel at a time: no halo, no tiling dependence.
+Invalid pixels stay 0.
 """
 
 from __future__ import annotations

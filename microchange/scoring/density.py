@@ -27,8 +27,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from microchange.errors import NoOverlapError, NotFittedError, StateMismatchError
-from microchange.types import PairArrays, State
 from microchange.scoring.distance import sample_differences
+from microchange.types import PairArrays, State
 
 __all__ = ("DENSITY_THRESHOLD", "DensityScorer")
 

@@ -1,49 +1,25 @@
-"""PCA-KMeans (Celik 2009): clustering of neighbourhood vectors of the difference image.
+"""PCA-KMeans (Celik 2009, IEEE GRSL 6(4)): clustering of neighbourhood vectors of a difference.
 
-T. Celik, "Unsupervised change detection in satellite images using principal component analysis
-and k-means clustering", IEEE GRSL 6(4), 2009. The method, as implemented here:
+1. **Difference image** ``d = ||after - before||`` over each pixel's features (the CVA magnitude
+   with standardised bands; Celik's absolute difference when F = 1).
+2. **Neighbourhood vectors**: the ``h x h`` block of ``d`` around each pixel (``h`` odd, default
+   5; the halo is ``h // 2``).
+3. **PCA** (:func:`principal_axes`) fitted on a deterministic subsample of the *global* sample;
+   the first ``components`` eigenvectors are kept.
+4. **k-means, k = 2** (:func:`two_means`: Lloyd from ``n_init`` k-means++ seeds, numpy only). The
+   changed cluster has the larger mean difference. The score is the margin
+   ``||p - c_unchanged|| - ||p - c_changed||``: > 0 nearer the changed centroid.
+5. **Evidence of change.** k = 2 always splits the sample, also when nothing changed. The split is
+   tested as ``--threshold auto`` tests Otsu, against a robust no-change null model of the
+   neighbourhood mean (:func:`~microchange.scoring.thresholds.null_survival`). Without evidence,
+   a changed pixel also needs its own ``d`` above the null's upper ``significance`` quantile
+   (default 1e-4): the score is then ``min(margin, d - bound)``, so ``value:0`` needs no tuning
+   and a pair without change gives (almost) no changed pixel. ``significance=None`` is Celik's
+   plain assignment.
 
-1. **Difference image.** ``d = ||after - before||_2`` over the features of each pixel. With
-   :class:`~microchange.features.bands.BandFeatures` these are the per-date standardised bands,
-   so ``d`` is the CVA magnitude; Celik's single-band absolute difference is the case F = 1. One
-   scalar per pixel keeps the vectors at ``h * h`` values whatever the band count (per-band
-   absolute differences would give ``F * h * h`` and weigh each band's noise separately).
-2. **Neighbourhood vectors.** Each pixel is described by the ``h x h`` block of ``d`` centred on
-   it (``h`` odd, default 5), so the scorer's halo is ``h // 2``.
-3. **PCA** (eigenvectors of the ``h*h`` covariance, :func:`principal_axes`) fitted on the
-   neighbourhood vectors of a random subsample (deterministic seed) of the valid core pixels of
-   the *global* sample; the first ``components`` eigenvectors are kept (Celik keeps those
-   explaining ~90 % of the variance; on the difference image the first one, the local mean,
-   already explains most of it).
-4. **k-means** with k = 2 (:func:`two_means`: Lloyd's algorithm from ``n_init`` k-means++ seeds,
-   the lowest inertia kept; numpy only, which spares the 1.2 s import of scikit-learn) on the
-   projected subsample. The *changed* cluster is the one whose centroid, mapped back to the
-   ``h x h`` neighbourhood, has the larger mean difference magnitude.
-
-The cluster margin is ``||p - c_unchanged|| - ||p - c_changed||`` of the projected vector ``p``:
-> 0 where the pixel is nearer the changed centroid, and larger values mean more confidently
-changed.
-
-5. **Evidence of change.** k-means with k = 2 always splits the sample in two, also when nothing
-   changed (it then splits the noise: Celik's assignment marked 43 % of a no-change pair). The
-   split is tested as ``--threshold auto`` tests Otsu: the share of the sample whose
-   neighbourhood mean difference lies above the midpoint of the two centroids' levels is compared
-   with the share a robust no-change null model of that mean predicts
-   (:func:`~microchange.scoring.thresholds.null_survival`, fitted on the bulk). With at least
-   1.5 times the null's share the clusters are trusted as they are. Otherwise the split has no
-   evidence of change and a pixel of the changed cluster also needs a significant difference of
-   its own: its magnitude ``d`` above the upper ``significance`` quantile (default 1e-4) of the
-   no-change null of ``d`` (:func:`~microchange.scoring.thresholds.fpr_threshold`). The score is
-   then ``min(margin, d - bound)``, still > 0 exactly where the pixel is changed, so the
-   threshold ``value:0`` needs no tuning and a pair without change gives (almost) no changed
-   pixel. ``significance=None`` always gives Celik's plain assignment. Invalid pixels
-hold 0 in the features, hence ``d = 0`` there: they count as "no difference" in the neighbourhood
-of valid pixels.
-
-Scoring a tile projects it with one 2-D correlation per component (the component reshaped to an
-``h x h`` kernel, :func:`scipy.ndimage.correlate`): no per-pixel Python loop, no
-``(H, W, h * h)`` array; memory is a few ``(H, W)`` float64 arrays, and each pixel's score is
-computed from its own neighbourhood in a fixed order, so it does not depend on the tile.
+Invalid pixels hold 0 in the features (``d = 0``). A tile is projected with one 2-D correlation
+per component (:func:`scipy.ndimage.correlate`): no per-pixel loop, and each pixel's score comes
+from its own neighbourhood, so it does not depend on the tile.
 """
 
 from __future__ import annotations
@@ -54,8 +30,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from microchange.errors import ConfigError, NoOverlapError, NotFittedError, StateMismatchError
-from microchange.types import PairArrays, State
 from microchange.tiling import crop_core
+from microchange.types import PairArrays, State
 
 __all__ = ("PcaKMeansScorer", "difference_magnitude", "principal_axes", "two_means")
 

@@ -21,9 +21,8 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from microchange.types import Grid
 from microchange.tiling import Tile
-from microchange.types import MaskValue
+from microchange.types import Grid, MaskValue
 
 __all__ = ("Regions", "extract_regions", "remove_small_regions")
 

@@ -16,7 +16,6 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-
 __all__ = ("F32", "band_names", "make_landscape", "spectra")
 
 F32: TypeAlias = NDArray[np.float32]

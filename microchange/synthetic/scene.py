@@ -36,7 +36,6 @@ from microchange.errors import ConfigError, OutputError
 from microchange.synthetic.changes import BORDER, MIN_NOISE_REF, implant_changes
 from microchange.synthetic.landscape import F32, band_names, make_landscape
 
-
 __all__ = ("SyntheticScene", "make_scene", "write_scene")
 
 PathLike: TypeAlias = str | os.PathLike[str]
