@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.datasets import list_pairs, shared_data_root
 from microchange.config import DetectConfig
-from microchange.preprocess.denoise import DENOISERS
 from microchange.evaluation import evaluate_run
 from microchange.pipeline import run_detection
+from microchange.preprocess.denoise import DENOISERS
 from microchange.preprocess.radiometry import RADIOMETRIC_METHODS
 
 COLUMNS = ("dataset", "family", "method", "precision", "recall", "f1", "kappa", "iou", "pr_auc",

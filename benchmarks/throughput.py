@@ -228,11 +228,11 @@ def child_floor(before: str, after: str, out: str) -> dict[str, Any]:
 
 
 def child_features(before: str, after: str, out: str, method: str) -> dict[str, Any]:
-    from microchange.parallel import available_cpus, ordered_map
     from microchange.config import DetectConfig
     from microchange.detector import build_detector
     from microchange.features.bands import BandFeatures
     from microchange.features.devices import sharing_cpus
+    from microchange.parallel import available_cpus, ordered_map
     from microchange.pipeline import _Plan, fit_detection, plan_detection
 
     cfg = DetectConfig(method=method)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from microchange.cli.options import config_from_args, describe_choices
+
 from microchange.config import DetectConfig, Method, ScorerName, choices
 from microchange.errors import ConfigError, InputNotFoundError
 
@@ -115,7 +116,7 @@ def _run_detection(args: argparse.Namespace, config: DetectConfig, before: str, 
         from prefect.task_runners import ThreadPoolTaskRunner
 
         flow = detect_changes.with_options(
-            task_runner=ThreadPoolTaskRunner(max_workers=args.threads))  # type: ignore[arg-type]
+            task_runner=ThreadPoolTaskRunner(max_workers=args.threads))
     else:
         flow = detect_changes
     result: dict[str, Any] = flow(before=before, after=after, out=out, config=config)

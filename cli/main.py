@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from microchange.cli.commands import COMMANDS, add_runner_options
 from microchange.cli.options import add_config_options
+
 from microchange.errors import InputError
 
 __all__ = ("build_parser", "main")
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("MICROCHANGE_LOG_LEVEL", "WARNING"),
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return COMMANDS[args.command](parser, args)
+        return int(COMMANDS[args.command](parser, args))
     except InputError as exc:
         print(f"microchange: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from microchange.config import DetectConfig, check_bands
 from microchange.errors import ConfigError, InputError
@@ -64,7 +64,7 @@ def _members(annotation: Any) -> list[Any]:
 
 
 def _argument(name: str, annotation: Any) -> dict[str, Any]:
-    """argparse keyword arguments for a field's annotation."""
+    """Argparse keyword arguments for a field's annotation."""
     members = _members(annotation)
     kind = members[0]
     if get_origin(kind) is Literal:
@@ -98,7 +98,7 @@ def add_config_options(parser: argparse.ArgumentParser, *,
         parser: The (sub)command's parser.
         exclude: Fields that do not apply to this command (no flag).
     """
-    models: list[tuple[str | None, type[BaseModel]]] = [(None, DetectConfig)]
+    models: list[tuple[str | None, Any]] = [(None, DetectConfig)]
     models += [(s, DetectConfig.model_fields[s].annotation) for s in CONFIG_SECTIONS]
     for section, model in models:
         title = "detection options" if section is None else f"{section} options"

@@ -3,14 +3,14 @@
 import time
 from typing import Any
 
+from microchange.flows.runners import dask_task_runner
+from microchange.tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
 from prefect import Flow, flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from microchange.flows.runners import dask_task_runner
-from microchange.parallel import available_cpus
 from microchange.config import DetectConfig
+from microchange.parallel import available_cpus
 from microchange.pipeline import discard_run, tile_batches
-from microchange.tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
 
 
 @flow(name="detect-changes", log_prints=True,
@@ -67,8 +67,8 @@ def detect_changes_on_dask(
     Returns:
         The flow, ready to call with the same parameters as :func:`detect_changes`.
     """
-    return detect_changes.with_options(task_runner=dask_task_runner(address, workers))  # type: ignore[arg-type]
+    return detect_changes.with_options(task_runner=dask_task_runner(address, workers))
 
 
-detect_changes_dask = detect_changes.with_options(task_runner=dask_task_runner())  # type: ignore[arg-type]
+detect_changes_dask = detect_changes.with_options(task_runner=dask_task_runner())
 """Entry point for deployments: Dask LocalCluster, or ``$MICROCHANGE_DASK_ADDRESS`` if set."""

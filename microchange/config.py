@@ -76,9 +76,6 @@ def _sensor_dependent(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
-_FAMILY = {"json_schema_extra": _sensor_dependent}
-
-
 class PreprocessConfig(BaseModel):
     """Preparation of both dates before features are extracted."""
 
@@ -102,26 +99,26 @@ class PreprocessConfig(BaseModel):
         False,
         description="Work on log(x + c) of each band (sensor default: on for sar). For SAR "
         "amplitude this turns multiplicative speckle into additive noise and the band "
-        "difference into the log-ratio.", **_FAMILY,
+        "difference into the log-ratio.", json_schema_extra=_sensor_dependent,
     )
     radiometric: Radiometric = Field(
         "none",
         description="Relative radiometric normalisation of AFTER onto BEFORE, per band, fitted "
         "on pseudo-invariant pixels of the global sample: 'histogram' (quantile mapping: gain, "
         "offset and gamma), 'linear' (robust gain and offset) or 'none' (sensor default: "
-        "histogram for optical, none for sar).", **_FAMILY,
+        "histogram for optical, none for sar).", json_schema_extra=_sensor_dependent,
     )
     speckle_window: int = Field(
         0, ge=0, le=15,
         description="Side in pixels of the Lee speckle filter (odd, e.g. 5 or 7; 0 = off; "
         "sensor default: 5 for sar), applied to the values as read, before the log transform. "
-        "Its speckle level is fitted on the global sample.", **_FAMILY,
+        "Its speckle level is fitted on the global sample.", json_schema_extra=_sensor_dependent,
     )
     smoothing_sigma: float = Field(
         0.0, ge=0.0, le=8.0,
         description="Spatial scale in pixels of the denoising of both dates (0 = off; sensor "
         "default: 0.7 for optical, 1.5 for sar): the Gaussian's standard deviation, the median "
-        "window's radius (rounded up) or the bilateral filter's spatial sigma.", **_FAMILY,
+        "window's radius (rounded up) or the bilateral filter's spatial sigma.", json_schema_extra=_sensor_dependent,
     )
     denoise: Denoiser = Field(
         "gaussian",
@@ -156,7 +153,7 @@ class PostprocessConfig(BaseModel):
         None, ge=1,
         description="Minimum mapping unit in pixels: connected changed regions smaller than "
         "this are dropped (1 keeps single-pixel micro-changes; sensor default: 9 for sar). "
-        "Not together with min_region_m2.", **_FAMILY,
+        "Not together with min_region_m2.", json_schema_extra=_sensor_dependent,
     )
     min_region_m2: float | None = Field(
         None, gt=0,
@@ -204,17 +201,17 @@ class DeepConfig(BaseModel):
     )
     backbone: Backbone = Field("resnet18", description="torchvision network of 'backbone'.")
     layers: tuple[str, ...] | None = Field(
-        None, description="Layers of the backbone whose features are combined (None: the "
-        "backbone's default).")
+        None, description="Layers of the backbone whose features are combined (default: the "
+        "backbone's own).")
     weights: str | None = Field(
-        None, description="Local file with pretrained backbone weights (a state dict); None = "
+        None, description="Local file with pretrained backbone weights (a state dict); default: "
         "random weights.")
     model: str | None = Field(
-        None, description="Checkpoint of 'learned' written by `microchange train`; None trains "
-        "a network on the pair itself.")
+        None, description="Checkpoint of 'learned' written by `microchange train`; default: "
+        "train a network on the pair itself.")
     objective: Objective | None = Field(
         None, description="Unsupervised objective of 'learned': 'cross', 'cross-cal' or 'dae' "
-        "(None: the checkpoint's, else the sensor's: cross for optical, cross-cal for sar).")
+        "(default: the checkpoint's, else the sensor's: cross for optical, cross-cal for sar).")
     epochs: int = Field(30, ge=1, le=1000, description="Maximum training epochs of 'learned'.")
     patience: int = Field(
         3, ge=1, le=100, description="Training of 'learned' stops after this many epochs "
@@ -331,7 +328,7 @@ class DetectConfig(BaseModel):
     )
     method: Method | None = Field(
         None,
-        description="Change detection method; None: the sensor family's ('cva' for optical, "
+        description="Change detection method; default: the sensor family's ('cva' for optical, "
         "'cva' with the 'density' scorer for sar).",
     )
     scorer: ScorerName | None = Field(
@@ -340,14 +337,14 @@ class DetectConfig(BaseModel):
         "'mahalanobis' (robust covariance of the differences), 'density' (tail probability "
         "under a Gaussian mixture of the no-change differences), 'cluster' (PCA-KMeans margin), "
         "'hybrid' (cluster, or a pixel's own magnitude above its 'auto' threshold); all are "
-        "fitted on the global sample. None: the method's own.",
+        "fitted on the global sample. Default: the method's own.",
     )
     threshold: str | None = Field(
         None,
         description="How scores become a change mask, fitted on the global sample: 'auto' (Otsu "
         "where the scores show evidence of change, else a 1e-4 false-alarm bound), 'otsu', "
         "'kittler-illingworth', 'kmeans', 'fpr:X' (false-alarm rate X under a robust null model, "
-        "e.g. fpr:0.001) or 'value:X' (fixed score X); None: the method's default.",
+        "e.g. fpr:0.001) or 'value:X' (fixed score X); default: the method's own.",
     )
     tile_size: int = Field(
         512, ge=32, le=8192,
@@ -373,12 +370,12 @@ class DetectConfig(BaseModel):
     preprocess: PreprocessConfig = Field(
         default_factory=PreprocessConfig,
         description="Preprocessing; fields not given take the sensor family's defaults.",
-        **_FAMILY,
+        json_schema_extra=_sensor_dependent,
     )
     postprocess: PostprocessConfig = Field(
         default_factory=PostprocessConfig,
         description="Mask clean-up (minimum mapping unit, opening, closing); fields not given "
-        "take the sensor family's defaults.", **_FAMILY,
+        "take the sensor family's defaults.", json_schema_extra=_sensor_dependent,
     )
     deep: DeepConfig = Field(
         default_factory=DeepConfig,

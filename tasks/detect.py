@@ -7,9 +7,9 @@ from typing import Any
 from prefect import task
 
 from microchange import pipeline
-from microchange.parallel import available_cpus, cluster_client
 from microchange.config import DetectConfig
 from microchange.features.devices import sharing_cpus
+from microchange.parallel import available_cpus, cluster_client
 
 
 @task(name="plan-tiles", retries=2, retry_delay_seconds=2)

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import rasterio
-
 from microchange.cli import main
 
 

@@ -262,6 +262,7 @@ def evaluate_run(
         rows = block_rows or max(1, _BLOCK_PIXELS // max(blocks.mask.width, 1))
         hist = _ScoreHistograms(*_score_range(blocks.score, rows), n_bins)
         for mask, changed, labelled, score in blocks.rows(rows):
+            assert score is not None  # opened with the score map
             counter.add(mask, changed, labelled)
             valid = mask != MaskValue.NODATA
             objects.add(changed, mask == MaskValue.CHANGED, valid)

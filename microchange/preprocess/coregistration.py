@@ -105,7 +105,8 @@ def block_shift(
         return None
     from skimage.registration import phase_cross_correlation  # 0.3 s: only when estimating
 
-    shift = phase_cross_correlation(ref, mov, upsample_factor=upsample, normalization=None)[0]
+    shift = phase_cross_correlation(  # type: ignore[no-untyped-call]
+        ref, mov, upsample_factor=upsample, normalization=None)[0]
     return float(shift[0]), float(shift[1])
 
 

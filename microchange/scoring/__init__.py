@@ -1,2 +1,4 @@
-"""From features to a change mask: scorers fitted on the global sample, thresholds, the mask
-and its connected regions."""
+"""From features to a change mask.
+
+Scorers fitted on the global sample, thresholds, the mask and its connected regions.
+"""

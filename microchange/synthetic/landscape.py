@@ -53,6 +53,7 @@ def spectra(names: tuple[str, ...] | list[str], bands: int) -> F32:
 
 
 def band_names(bands: int) -> list[str]:
+    """Band names of a scene: blue, green, red, nir, then swir1, swir2..."""
     names = ["blue", "green", "red", "nir"][:bands]
     return names + [f"swir{i + 1}" for i in range(bands - 4)]
 

@@ -15,8 +15,8 @@ from microchange.config import DeepConfig, DetectConfig
 from microchange.detector import build_detector
 from microchange.errors import ConfigError
 from microchange.features.backbone import BackboneFeatures
-from microchange.types import PairArrays
 from microchange.pipeline import run_detection
+from microchange.types import PairArrays
 
 LIGHT = ("layer1",)  # stride 4, halo 28: fast unit tests
 

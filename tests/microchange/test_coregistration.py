@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage
 
 from microchange.config import DetectConfig, PreprocessConfig
+from microchange.pipeline import run_detection
 from microchange.preprocess.coregistration import (
     ShiftField,
     estimate_shift,
@@ -15,7 +16,6 @@ from microchange.preprocess.coregistration import (
     shift_image_field,
     shift_margin,
 )
-from microchange.pipeline import run_detection
 from microchange.synthetic import make_scene, write_scene
 
 

@@ -5,6 +5,7 @@ import pytest
 import rasterio
 
 from microchange.config import DetectConfig, PreprocessConfig
+from microchange.pipeline import run_detection
 from microchange.preprocess.denoise import (
     NoiseLevel,
     bilateral_masked,
@@ -12,7 +13,6 @@ from microchange.preprocess.denoise import (
     median_masked,
     smooth_masked,
 )
-from microchange.pipeline import run_detection
 
 
 def _step(noise: float = 0.0, seed: int = 0) -> np.ndarray:

@@ -5,7 +5,6 @@ import threading
 import pytest
 import torch
 
-from microchange.parallel import available_cpus
 from microchange.errors import ConfigError
 from microchange.features import devices
 from microchange.features.devices import (
@@ -14,6 +13,7 @@ from microchange.features.devices import (
     resolve_precision,
     sharing_cpus,
 )
+from microchange.parallel import available_cpus
 
 
 def test_omp_num_threads_bounds_the_cpus(monkeypatch) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
 import rasterio
 import torch
+from pydantic import ValidationError
 
 from microchange.config import DeepConfig, DetectConfig
 from microchange.detector import build_detector
@@ -58,8 +58,8 @@ def trained(scene, tmp_path_factory):
 
 def test_training_learns_a_nonlinear_radiometric_change_in_seconds() -> None:
     """AFTER = sqrt of BEFORE's bands in another order: CVA sees change everywhere."""
-    from microchange.types import PairArrays
     from microchange.features.learned import LearnedFeatures
+    from microchange.types import PairArrays
 
     s = make_scene(height=96, width=96, bands=3, seed=5, n_changes=4, shift_px=0.0)
     after = np.sqrt(np.clip(s.after[[1, 2, 0]], 0, None)).astype(np.float32)

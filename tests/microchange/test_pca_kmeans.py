@@ -8,11 +8,11 @@ import rasterio
 
 from microchange.config import DetectConfig
 from microchange.detector import METHODS, build_detector
-from microchange.types import PairArrays
 from microchange.io.pair import PairReader
 from microchange.pipeline import run_detection
 from microchange.scoring.pca_kmeans import PcaKMeansScorer
 from microchange.tiling import Tile
+from microchange.types import PairArrays
 
 # Measured on the planted_pair fixture (default optical preprocessing, h = 5): TP 73, FP 24,
 # FN 1 (the single-pixel change), F1 0.854. The false positives are the one-pixel ring that the 5 x 5 neighbourhood adds

@@ -6,13 +6,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from pydantic import ValidationError
 import rasterio
+from pydantic import ValidationError
 
-from microchange.pipeline import finalise, score
 from microchange.config import DetectConfig, PreprocessConfig
 from microchange.errors import UnknownMethodError
-from microchange.pipeline import run_detection
+from microchange.pipeline import finalise, run_detection, score
 from microchange.types import OUTPUT_NAMES, STAGING_DIR
 
 RAW = PreprocessConfig(radiometric="none", smoothing_sigma=0.0)  # no smoothing: planted changes are recovered exactly

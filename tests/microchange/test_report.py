@@ -15,8 +15,8 @@ from rasterio.errors import NotGeoreferencedWarning
 from microchange.config import DetectConfig, PreprocessConfig
 from microchange.errors import GridMismatchError, InputError
 from microchange.evaluation import evaluate_run
-from microchange.pipeline import run_detection
 from microchange.evaluation.report import write_report
+from microchange.pipeline import run_detection
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_FIGURES = {"before", "after", "score", "mask_overlay", "truth_overlay", "score_histogram",

@@ -46,8 +46,8 @@ def test_no_change_pair_is_quiet_with_the_false_alarm_threshold(scenes, tmp_path
 
 
 def test_density_score_is_a_calibrated_tail_probability() -> None:
-    from microchange.types import PairArrays
     from microchange.scoring.density import DensityScorer
+    from microchange.types import PairArrays
 
     rng = np.random.default_rng(5)
     cov = np.array([[1.0, 0.6, 0.0], [0.6, 1.0, 0.0], [0.0, 0.0, 0.3]])

@@ -5,8 +5,8 @@ import pytest
 
 from microchange.config import DetectConfig, PreprocessConfig
 from microchange.detector import build_detector
-from microchange.types import PairArrays
 from microchange.preprocess.speckle import SpeckleFilter, lee_filter
+from microchange.types import PairArrays
 
 
 def _speckled(looks: float = 4.0, seed: int = 0, size: int = 96):

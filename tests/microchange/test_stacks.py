@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from microchange.cli import main
+from microchange.cli.options import parse_bands
 from pydantic import ValidationError
 
-from microchange.cli import main
 from microchange.config import DetectConfig
 from microchange.errors import BandMismatchError, ConfigError, RasterReadError
 from microchange.io.pair import PairReader
-from microchange.cli.options import parse_bands
 from microchange.io.stacks import band_pattern, resolve_input, split_bands
 from microchange.tiling import Tile
 

@@ -307,7 +307,7 @@ def learned_extractor(config: DetectConfig) -> LearnedFeatures:
     """
     deep = config.deep
     ckpt = checkpoints.load(deep.model) if deep.model else None
-    objective = deep.objective
+    objective: str | None = deep.objective
     if ckpt is not None:
         trained = ckpt.metadata.get("objective")
         if objective is not None and objective != trained:

@@ -108,6 +108,7 @@ class Regressor(nn.Module):
         super().__init__()
         self.body = _trunk(bands, arch.width, arch.dilations, bands)
         last = self.body[-1]
+        assert isinstance(last, nn.Conv2d)
         nn.init.zeros_(last.weight)
         if last.bias is not None:
             nn.init.zeros_(last.bias)
@@ -121,6 +122,7 @@ class Regressor(nn.Module):
             self.register_buffer("s_range", torch.zeros(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The prediction of the other date: x + g(x)."""
         return x + self.body(x)  # type: ignore[no-any-return]
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,6 +139,8 @@ class Regressor(nn.Module):
 
 
 class CrossNet(nn.Module):
+    """Cross-prediction: ``ab`` maps before -> after, ``ba`` after -> before."""
+
     def __init__(self, bands: int, arch: Architecture) -> None:
         super().__init__()
         self.ab = Regressor(bands, arch)
@@ -144,6 +148,8 @@ class CrossNet(nn.Module):
 
 
 class DaeNet(nn.Module):
+    """Denoising autoencoder shared by both dates; the encoder's codes are the features."""
+
     def __init__(self, bands: int, arch: Architecture) -> None:
         super().__init__()
         self.encoder = _trunk(bands, arch.width, arch.dilations, arch.code)
@@ -154,6 +160,7 @@ class DaeNet(nn.Module):
 
 
 def build_net(arch: Architecture, bands: int, seed: int) -> nn.Module:
+    """The untrained network of an architecture for ``bands`` bands, seeded."""
     with seeded(seed):
         net: nn.Module = (CrossNet if arch.cross else DaeNet)(bands, arch)
     return net
@@ -196,6 +203,7 @@ def masked_huber(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
 
 def loss_of(net: nn.Module, arch: Architecture, b: torch.Tensor, a: torch.Tensor,
           mask: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Training loss of a batch: masked Huber of both predictions, or of the reconstruction."""
     if arch.cross:
         assert isinstance(net, CrossNet)
         return masked_huber(net.ab(b), a, mask) + masked_huber(net.ba(a), b, mask)

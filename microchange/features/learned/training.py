@@ -127,7 +127,7 @@ class _Patches:
         self.bands = blocks[0][0].shape[0]
 
     def draw(self, n: int) -> list[torch.Tensor]:
-        """n random patches of both dates and their loss masks, channels-last."""
+        """N random patches of both dates and their loss masks, channels-last."""
         arrays = draw_patches(self.blocks, self.rng, n, self.size, self.arch.halo)
         return [torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
                 for x in arrays]
