@@ -6,9 +6,9 @@ Usage: ``.venv/bin/python benchmarks/ablation.py [--methods default] [--work out
 Runs :mod:`benchmarks.accuracy` once per variant (the defaults, every preprocessing step off,
 co-registration off or global only, no radiometric normalisation, no speckle filter, no log
 transform, no denoising, the median and bilateral denoisers, a 1 px minimum mapping unit) with
-the given methods (default: each sensor family's default), and prints the family mean F1 / kappa
-of every variant as a Markdown table, also written to ``WORK/ablation.md``. Reports, never
-asserts.
+the given methods (default: each sensor family's default) and the product's own flags, and
+prints the family mean F1 / kappa of every variant as a Markdown table, also written to
+``WORK/ablation.md``. Reports, never asserts.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from benchmarks import accuracy
 VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("defaults", ()),
     ("every preprocessing step off", ("--no-preprocess",)),
-    ("co-registration off", ("--coregister", "off")),
-    ("co-registration global only", ("--coregister", "global")),
+    ("co-registration off", ("--no-coregister",)),
+    ("co-registration global only", ("--coregister-cell", "0")),
     ("radiometric normalisation none", ("--radiometric", "none")),
     ("speckle filter off", ("--speckle-window", "0")),
-    ("log transform off", ("--log-transform", "off")),
-    ("denoising off", ("--sigma", "0")),
+    ("log transform off", ("--no-log-transform",)),
+    ("denoising off", ("--smoothing-sigma", "0")),
     ("median denoiser", ("--denoise", "median")),
     ("bilateral denoiser", ("--denoise", "bilateral")),
     ("minimum mapping unit 1 px", ("--min-region-px", "1")),
@@ -62,15 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for i, (label, flags) in enumerate(VARIANTS):
         run_dir = work / f"v{i:02d}"
-        argv_i = ["--methods", args.methods, "--work", str(run_dir), *flags]
+        argv_i = ["--methods", args.methods, "--work", str(run_dir), "--no-results", *flags]
         if args.only:
             argv_i += ["--only", args.only]
         code = accuracy.main(argv_i)
         if code:
             return code
         results.append((label, " ".join(flags), run_dir / "accuracy.csv"))
-    lines = [(f"Generated {accuracy._stamp()} by `python benchmarks/ablation.py --methods "
-             f"{args.methods}`; family mean F1 / kappa\n")]
+    lines = [(f"`python benchmarks/ablation.py --methods {args.methods}`: family mean F1 / "
+              "kappa\n")]
     for method in args.methods.split(","):
         lines += [f"| {method}: variant | flag | " + " | ".join(FAMILIES) + " |",
                   "|---|---|" + "---|" * len(FAMILIES)]

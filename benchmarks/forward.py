@@ -1,7 +1,7 @@
 """The bare network forward pass of a CNN method: the floor of the deep path (DESIGN.md).
 
 Usage: ``.venv/bin/python benchmarks/forward.py [--method backbone] [--sizes 1024,2048]
-[--tile 512]``
+[--tile-size 512] [--device auto]``
 
 :func:`bare_forward_mpx_per_s` runs only the method's network (``extractor.network_forward``),
 on random float32 batches shaped like the pipeline's: ``batch_tiles`` tiles x 2 dates, each
@@ -90,12 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="backbone")
     parser.add_argument("--sizes", default="2048")
-    parser.add_argument("--tile", type=int, default=512)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--tile-size", type=int, default=512, dest="tile")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args(argv)
-    from microchange.config import DeepConfig
-
-    cfg = DetectConfig(deep=DeepConfig(device=args.device))
+    cfg = DetectConfig(method=args.method, deep={"device": args.device})
     for size in (int(s) for s in args.sizes.split(",")):
         mpx = bare_forward_mpx_per_s(args.method, size, args.tile, config=cfg)
         print(f"{args.method} {size}x{size} tile {args.tile}: bare forward {mpx:.2f} MPx/s")

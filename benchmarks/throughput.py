@@ -58,6 +58,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.results import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -233,15 +236,17 @@ def child_features(before: str, after: str, out: str, method: str) -> dict[str, 
     from microchange.features.bands import BandFeatures
     from microchange.features.devices import sharing_cpus
     from microchange.parallel import available_cpus, ordered_map
-    from microchange.pipeline import _Plan, fit_detection, plan_detection
+    from microchange.pipeline import fit_detection, plan_detection
+    from microchange.pipeline.records import Plan
 
     cfg = DetectConfig(method=method)
     if isinstance(build_detector(cfg).extractor, BandFeatures):
         return {"seconds": None}  # no network: the feature floor is the I/O floor
     plan_path = plan_detection(before, after, out, cfg)
     fit_detection(plan_path)
-    plan = _Plan(plan_path)
+    plan = Plan.load(plan_path)
     det = plan.detector()
+    tiles_all = plan.tile_list()
     _reset_peak()
     seconds = 0.0
     batch = max(1, cfg.batch_tiles)
@@ -258,9 +263,9 @@ def child_features(before: str, after: str, out: str, method: str) -> dict[str, 
 
     with plan.reader() as pair:
         step = batch * threads
-        for start in range(0, len(plan.tiles), step):
-            tiles = plan.tiles[start:start + step]
-            prepared = [det._prepare(pair.read_tile(t)) for t in tiles]
+        for start in range(0, len(tiles_all), step):
+            tiles = tiles_all[start:start + step]
+            prepared = [det.preprocess.apply(pair.read_tile(t)) for t in tiles]
             batches = [prepared[i:i + batch] for i in range(0, len(prepared), batch)]
             t0 = time.perf_counter()
             ordered_map(forward, batches, threads)
@@ -298,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gdal-cache", type=int, default=None,
                         help="GDAL_CACHEMAX in MB for every measured run (default: GDAL's own, "
                              "5%% of RAM)")
+    parser.add_argument("--no-results", action="store_true",
+                        help="do not write benchmarks/results/throughput.json")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("child_args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -361,6 +368,15 @@ def main(argv: list[str] | None = None) -> int:
     report.mkdir(parents=True, exist_ok=True)
     (report / "throughput.md").write_text(table + "\n")
     (report / "throughput.json").write_text(json.dumps(raw, indent=1) + "\n")
+    if not args.no_results:
+        path = write_result(
+            "throughput", "Throughput and peak memory against the I/O floor",
+            [{"caption": "Synthetic 4-band uint16 pairs of N x N px, 512 px tiles; floor = "
+              "reading both inputs and writing both outputs as COGs",
+              "columns": list(COLUMNS), "rows": rows}],
+            notes="Each run in a fresh process; imports excluded; peak RSS from VmHWM.",
+            argv=[sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+        print(f"results: {path}", file=sys.stderr)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     return 0
