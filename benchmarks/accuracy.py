@@ -25,10 +25,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from microchange.cli.options import add_config_options, config_from_args
-
 from benchmarks.datasets import list_pairs, shared_data_root
 from benchmarks.results import write_result
+from microchange.cli.options import add_config_options, config_from_args
 from microchange.evaluation import evaluate_run
 from microchange.pipeline import run_detection
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from microchange.cli.options import config_from_args, describe_choices
-
 from microchange.config import DetectConfig, Method, ScorerName, choices
 from microchange.errors import ConfigError, InputNotFoundError
 

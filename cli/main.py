@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 from microchange.cli.commands import COMMANDS, add_runner_options
 from microchange.cli.options import add_config_options
-
 from microchange.errors import InputError
 
 __all__ = ("build_parser", "main")

@@ -3,14 +3,14 @@
 import time
 from typing import Any
 
-from microchange.flows.runners import dask_task_runner
-from microchange.tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
 from prefect import Flow, flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from microchange.config import DetectConfig
+from microchange.flows.runners import dask_task_runner
 from microchange.parallel import available_cpus
 from microchange.pipeline import discard_run, tile_batches
+from microchange.tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
 
 
 @flow(name="detect-changes", log_prints=True,

@@ -3,9 +3,9 @@
 from pathlib import Path
 from typing import Any
 
-from microchange.tasks.evaluate import evaluate_run, write_report
 from prefect import flow
 
+from microchange.tasks.evaluate import evaluate_run, write_report
 from microchange.types import METRICS_NAME
 
 _SUMMARY_KEYS = ("precision", "recall", "f1", "iou", "oa", "kappa", "pr_auc", "roc_auc",

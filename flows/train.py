@@ -2,10 +2,10 @@
 
 from typing import Any
 
-from microchange.tasks.train import train_extractor
 from prefect import flow
 
 from microchange.config import DetectConfig
+from microchange.tasks.train import train_extractor
 
 
 @flow(name="train-feature-extractor", log_prints=True)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import rasterio
+
 from microchange.cli import main
 
 

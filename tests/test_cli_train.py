@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from microchange.cli import main
 
+from microchange.cli import main
 from microchange.features import checkpoints
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import rasterio
@@ -22,14 +22,27 @@ from rasterio.windows import Window
 from microchange.errors import InputNotFoundError, RasterReadError
 from microchange.types import PathLike
 
-__all__ = ("FORMATS_HINT", "GDAL_CACHE_MB", "BlockCache", "is_georeferenced", "open_raster",
-           "read_valid")
+__all__ = ("FORMATS_HINT", "GDAL_CACHE_MB", "BlockCache", "Closing", "is_georeferenced",
+           "open_raster", "read_valid")
 
 GDAL_CACHE_MB = 256
 """Cap of GDAL's block cache while windows are read, in MiB (its default, 5 % of RAM, would grow
 the memory of a run with the raster size)."""
 
 FORMATS_HINT = "give a GDAL-readable raster (GeoTIFF/COG, ENVI with its .hdr, PNG, BMP, JPEG ...)"
+
+
+class Closing:
+    """Base of the readers that hold open datasets: ``with Reader(...) as r:`` closes them."""
+
+    def close(self) -> None:
+        """Close every open dataset."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def is_georeferenced(ds: Any) -> bool:

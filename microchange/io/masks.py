@@ -14,7 +14,6 @@ the part of the mask under it. Without georeference, a mask must have the grid's
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,7 +23,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from microchange.errors import GridMismatchError, MissingCRSError, NoOverlapError
-from microchange.io.datasets import is_georeferenced, open_raster
+from microchange.io.datasets import Closing, is_georeferenced, open_raster
 from microchange.types import Grid
 
 if TYPE_CHECKING:
@@ -109,7 +108,7 @@ class _Layer:
         self.src.close()
 
 
-class MaskReader:
+class MaskReader(Closing):
     """Reads the combined validity of every configured mask raster on a grid.
 
     Args:
@@ -151,14 +150,3 @@ class MaskReader:
         for layer in self._layers:
             layer.close()
         self._layers = []
-
-    def __enter__(self) -> MaskReader:  # noqa: PYI034
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

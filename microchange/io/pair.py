@@ -10,7 +10,6 @@ raster. A co-registration of AFTER (:class:`AfterWarp`) is applied as windows ar
 from __future__ import annotations
 
 import math
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -26,7 +25,13 @@ from microchange.errors import (
     MissingCRSError,
     NoOverlapError,
 )
-from microchange.io.datasets import GDAL_CACHE_MB, BlockCache, is_georeferenced, read_valid
+from microchange.io.datasets import (
+    GDAL_CACHE_MB,
+    BlockCache,
+    Closing,
+    is_georeferenced,
+    read_valid,
+)
 from microchange.io.masks import MaskReader
 from microchange.io.stacks import BandSelection, resolve_input
 from microchange.io.vrt import BandSource
@@ -65,7 +70,7 @@ class AfterWarp(Protocol):
         ...
 
 
-class PairReader:
+class PairReader(Closing):
     """Reads windows of BEFORE and AFTER on BEFORE's grid.
 
     BEFORE and AFTER may each be a raster file, or a folder/glob of single-band files stacked by
@@ -354,14 +359,3 @@ class PairReader:
             self._after.close()
         self._after_src.close()
         self._before.close()
-
-    def __enter__(self) -> PairReader:  # noqa: PYI034
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

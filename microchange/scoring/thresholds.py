@@ -85,6 +85,17 @@ def _histogram(v: NDArray[np.float64], nbins: int) -> tuple[NDArray[np.float64],
     return hist.astype(np.float64), edges
 
 
+def _binned(values: NDArray[np.floating], nbins: int
+            ) -> float | tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """(counts, edges, centres) of the finite values, or their value when all are equal."""
+    v = _finite(values)
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return lo
+    hist, edges = _histogram(v, nbins)
+    return hist, edges, (edges[:-1] + edges[1:]) / 2
+
+
 def otsu_threshold(values: NDArray[np.floating], *, nbins: int = 1024) -> float:
     """Otsu's threshold: maximises the between-class variance of a 1-D sample.
 
@@ -96,14 +107,12 @@ def otsu_threshold(values: NDArray[np.floating], *, nbins: int = 1024) -> float:
         The threshold; values strictly greater are the upper class.
 
     Raises:
-        ValueError: If ``values`` holds no finite value.
+        NoOverlapError: If ``values`` holds no finite value (a ``ValueError``).
     """
-    v = _finite(values)
-    lo, hi = float(v.min()), float(v.max())
-    if hi <= lo:
-        return lo
-    hist, edges = _histogram(v, nbins)
-    centers = (edges[:-1] + edges[1:]) / 2
+    binned = _binned(values, nbins)
+    if isinstance(binned, float):
+        return binned
+    hist, edges, centers = binned
     w0 = np.cumsum(hist)
     w1 = w0[-1] - w0
     m0 = np.cumsum(hist * centers)
@@ -127,14 +136,12 @@ def kittler_illingworth_threshold(values: NDArray[np.floating], *, nbins: int = 
         The threshold minimising the classification-error criterion J(t).
 
     Raises:
-        ValueError: If ``values`` holds no finite value.
+        NoOverlapError: If ``values`` holds no finite value (a ``ValueError``).
     """
-    v = _finite(values)
-    lo, hi = float(v.min()), float(v.max())
-    if hi <= lo:
-        return lo
-    hist, edges = _histogram(v, nbins)
-    c = (edges[:-1] + edges[1:]) / 2
+    binned = _binned(values, nbins)
+    if isinstance(binned, float):
+        return binned
+    hist, edges, c = binned
     p = hist / hist.sum()
     p1 = np.cumsum(p)
     p2 = 1.0 - p1
@@ -150,7 +157,7 @@ def kittler_illingworth_threshold(values: NDArray[np.floating], *, nbins: int = 
         j[ok] = (p1[ok] * np.log(var1[ok]) + p2[ok] * np.log(var2[ok])
                  - 2 * (p1[ok] * np.log(p1[ok]) + p2[ok] * np.log(p2[ok])))
     if not np.isfinite(j).any():
-        return otsu_threshold(v, nbins=nbins)
+        return otsu_threshold(values, nbins=nbins)
     return float(edges[int(np.argmin(j)) + 1])
 
 
@@ -165,7 +172,7 @@ def kmeans_threshold(values: NDArray[np.floating], *, max_iter: int = 100) -> fl
         The threshold between the two clusters.
 
     Raises:
-        ValueError: If ``values`` holds no finite value.
+        NoOverlapError: If ``values`` holds no finite value (a ``ValueError``).
     """
     v = _finite(values)
     c0, c1 = np.quantile(v, [0.25, 0.75])

@@ -3,8 +3,8 @@
 import numpy as np
 import pyarrow.parquet as pq
 import rasterio
-from microchange.cli import main
 
+from microchange.cli import main
 from microchange.config import DetectConfig, PreprocessConfig
 
 

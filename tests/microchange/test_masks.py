@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from microchange.cli import main
 
+from microchange.cli import main
 from microchange.config import DetectConfig, MaskConfig
 from microchange.errors import GridMismatchError, NoOverlapError, RasterReadError
 from microchange.io.pair import PairReader

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from microchange.cli import main
-from microchange.cli.options import parse_bands
 from pydantic import ValidationError
 
+from microchange.cli import main
+from microchange.cli.options import parse_bands
 from microchange.config import DetectConfig
 from microchange.errors import BandMismatchError, ConfigError, RasterReadError
 from microchange.io.pair import PairReader

@@ -2,9 +2,8 @@
 
 from pathlib import Path
 
-from microchange.tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
-
 from microchange.config import DetectConfig, PreprocessConfig
+from microchange.tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
 
 
 def test_tasks_run_the_core_stages_without_an_api(planted_pair, tmp_path) -> None:
