@@ -42,7 +42,7 @@ typecheck: $(VENV)/.installed
 	$(BIN)/mypy microchange
 
 docs: $(VENV)/.installed
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf out .prefect .pytest_cache .mypy_cache .ruff_cache

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from microchange.errors import ConfigError, OutputError
+from microchange.errors import ConfigError, InputNotFoundError, OutputError
 
 __all__ = ("FORMAT", "FORMAT_VERSION", "Checkpoint", "load", "save", "validate")
 
@@ -87,7 +87,8 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
         The checkpoint.
 
     Raises:
-        ConfigError: If the file is missing, corrupt, not a microchange checkpoint, or holds
+        InputNotFoundError: If the file is missing.
+        ConfigError: If the file is corrupt, not a microchange checkpoint, or holds
             Python objects other than tensors and plain values (nothing in it is executed).
     """
     import pickle
@@ -98,7 +99,7 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
     p = Path(path)
     if not p.is_file():
         what = "is a folder" if p.is_dir() else "does not exist"
-        raise ConfigError(f"checkpoint {str(p)!r} {what}: give the file written by "
+        raise InputNotFoundError(f"checkpoint {str(p)!r} {what}: give the file written by "
                           "`microchange train BEFORE AFTER --out MODEL.ckpt`, or omit --model to "
                           "train on the pair itself")
     if not zipfile.is_zipfile(p):  # torch.save writes a zip archive

@@ -188,7 +188,7 @@ def test_checkpoint_with_code_is_refused_and_never_runs(tmp_path: Path) -> None:
 
 
 def test_bad_weights_files(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"missing\.pth.*does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.pth.*does not exist"):
         BackboneFeatures(weights=tmp_path / "missing.pth", device="cpu")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint at all")

@@ -269,7 +269,7 @@ def test_malicious_checkpoint_is_refused_without_running_it(tmp_path) -> None:
 
 
 def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path) -> None:
-    with pytest.raises(ConfigError, match=r"does not exist.*microchange train"):
+    with pytest.raises(FileNotFoundError, match=r"does not exist.*microchange train"):
         checkpoints.load(tmp_path / "nope.ckpt")
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint at all")

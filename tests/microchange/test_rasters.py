@@ -121,7 +121,7 @@ def test_band_mismatch_names_both_files(make_geotiff) -> None:
 
 def test_missing_and_unreadable_files(tmp_path, make_geotiff) -> None:
     b = make_geotiff(_ramp(), name="b.tif")
-    with pytest.raises(RasterReadError, match=r"AFTER raster .*nope\.tif' does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"AFTER raster .*nope\.tif. does not exist"):
         PairReader(b, tmp_path / "nope.tif")
     junk = tmp_path / "junk.tif"
     junk.write_text("not a raster")

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from microchange.errors import ConfigError
+from microchange.errors import ConfigError, InputNotFoundError
 
 __all__ = ("load_into", "load_state_dict_file")
 
@@ -28,12 +28,13 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         Parameter name -> tensor, on the CPU.
 
     Raises:
-        ConfigError: If the file is missing, unreadable, refused by ``weights_only`` loading
+        InputNotFoundError: If the file is missing.
+        ConfigError: If the file is unreadable, refused by ``weights_only`` loading
             (it holds objects other than tensors: possibly code), or is not a state dict.
     """
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(
+        raise InputNotFoundError(
             f"weights file {str(path)!r} does not exist: give a local state dict file written by "
             "torch.save(model.state_dict(), path), or no weights for random ones"
         )
