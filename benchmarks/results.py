@@ -32,6 +32,11 @@ def _commit() -> str:
     return out + ("+local changes" if dirty.strip() else "")
 
 
+COMMIT_AT_START = _commit()
+"""The commit (and whether the tree had local changes) when the benchmark started: the code the
+run imported, whatever is committed while it runs."""
+
+
 def machine() -> dict[str, Any]:
     """CPUs, platform and Python of this machine."""
     cpu = ""
@@ -59,7 +64,7 @@ def write_result(benchmark: str, title: str, tables: list[dict[str, Any]], *,
     args = sys.argv if argv is None else argv
     script = Path(args[0])
     script_rel = script.resolve().relative_to(ROOT) if script.is_absolute() else script
-    doc = {"benchmark": benchmark, "title": title, "commit": _commit(),
+    doc = {"benchmark": benchmark, "title": title, "commit": COMMIT_AT_START,
            "date": datetime.date.today().isoformat(), "machine": machine(),
            "command": shlex.join(["python", str(script_rel), *args[1:]]),
            "tables": tables, "notes": notes}

@@ -69,6 +69,9 @@ def two_means(x: NDArray[np.float64], *, seed: int, n_init: int = _N_INIT,
               max_iter: int = _MAX_ITER) -> NDArray[np.float64]:
     """Centres of 2-means on the rows of ``x``: the best of ``n_init`` k-means++ starts.
 
+    Kept instead of ``sklearn.cluster.KMeans`` (same centres, tested): 0.19 vs 2.1 s on the
+    200,000-vector fit sample on 2 cores, plus sklearn's 1.2-2.4 s import, in every run.
+
     Args:
         x: (m, p) samples.
         seed: Seed of the k-means++ draws.
