@@ -22,6 +22,7 @@ from typing import Any
 from microchange.cli.options import config_from_args, describe_choices
 from microchange.config import DetectConfig, Method, ScorerName, choices
 from microchange.errors import ConfigError, InputNotFoundError
+from microchange.types import METRICS_NAME
 
 __all__ = ("COMMANDS", "add_runner_options")
 
@@ -229,7 +230,7 @@ def _cmd_evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                         unchanged_values=args.unchanged_values,
                         truth_threshold=args.truth_threshold, report=args.report)
     print(_metrics_line(metrics))
-    print(f"metrics: {out / 'metrics.json'}")
+    print(f"metrics: {out / METRICS_NAME}")
     if metrics.get("report"):
         print(f"report: {metrics['report']}")
     return 0

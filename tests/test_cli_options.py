@@ -153,3 +153,37 @@ def test_help_of_every_command_reads(capsys) -> None:
         assert exc.value.code == 0
         out = capsys.readouterr().out
         assert out.startswith(f"usage: microchange {command}") and "None:" not in out
+
+
+def test_threads_size_the_prefect_runner(monkeypatch, tmp_path, capsys) -> None:
+    """--runner prefect --threads N runs the flow with N tile tasks at once."""
+    import microchange.flows.detect as flows_detect
+
+    seen = {}
+    summary = {"out": str(tmp_path), "counts": {"changed_px": 0, "changed_fraction": 0.0,
+                                                "regions": 0, "tiles": 1, "tiles_changed": 0},
+               "threshold": {"method": "auto", "value": 1.0}}
+
+    class FakeFlow:
+        def with_options(self, task_runner):
+            seen["runner"] = task_runner
+            return lambda **kwargs: summary
+
+    monkeypatch.setattr(flows_detect, "detect_changes", FakeFlow())
+    assert main(["detect", "b.tif", "a.tif", "--out", str(tmp_path), "--runner", "prefect",
+                 "--threads", "3"]) == 0
+    assert type(seen["runner"]).__name__ == "ThreadPoolTaskRunner"
+    assert seen["runner"]._max_workers == 3
+
+
+def test_benchmarks_take_the_products_flags() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.accuracy import build_parser as accuracy_parser
+
+    options = {o for a in accuracy_parser()._actions for o in a.option_strings}
+    assert {"--smoothing-sigma", "--no-coregister", "--coregister-cell", "--radiometric",
+            "--min-region-px", "--threshold", "--objective"} <= options
+    assert "--sigma" not in options  # the benchmarks' own old name of --smoothing-sigma
