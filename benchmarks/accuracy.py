@@ -3,13 +3,15 @@
 Usage: ``.venv/bin/python benchmarks/accuracy.py [--methods cva,pca-kmeans,learned]
 [--only NAMES] [any option of microchange detect, e.g. --smoothing-sigma 0 --no-coregister]``
 
-One configuration per sensor family: nothing is tuned per image. Options of ``microchange
-detect`` (the same flags, from :mod:`microchange.cli.options`) override the family defaults of
-every run; ``--no-preprocess`` switches every preprocessing step off. Per pair it reports P, R,
-F1, kappa, IoU, PR-AUC and *best F1* (the F1 of the best single threshold, chosen with the
-truth: what the scores allow whatever the threshold rule), then per family and method the mean
-and the worst pair. Writes ``benchmarks/results/accuracy.json`` (rendered in the docs) and
-``WORK/accuracy.csv``.
+One configuration per sensor family: nothing is tuned per image. A method is written
+``METHOD[+SCORER][@THRESHOLD]`` (``default`` is each family's default; ``cva@otsu`` is CVA with
+Otsu's threshold). Options of ``microchange detect`` (the same flags) override the family
+defaults of every run; ``--no-preprocess`` switches every preprocessing step off. Per pair it
+reports P, R, F1, kappa, IoU, PR-AUC and *best F1* (the F1 of the best single threshold, chosen
+with the truth); per family and method the mean and the worst pair; the rule "best family mean"
+in-sample and leave-one-dataset-out; and the pairs where ``--check`` collapses against the
+baselines (:mod:`benchmarks.selection`). Writes ``benchmarks/results/accuracy.json`` (rendered in
+the docs) and ``WORK/accuracy.csv``.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.datasets import list_pairs, shared_data_root
 from benchmarks.results import write_result
+from benchmarks.selection import collapse_check, family_summary, leave_one_dataset_out
 from microchange.cli.options import add_config_options, config_from_args
 from microchange.evaluation import evaluate_run
 from microchange.pipeline import run_detection
 
-COLUMNS = ("dataset", "family", "method", "precision", "recall", "f1", "kappa", "iou", "pr_auc",
-           "best_f1", "seconds")
+COLUMNS = ("dataset", "source", "family", "method", "precision", "recall", "f1", "kappa", "iou",
+           "pr_auc", "best_f1", "changed_share", "seconds")
+METRICS = ("precision", "recall", "f1", "kappa", "iou", "pr_auc", "best_f1")
 PER_PAIR = ("sensor", "bands", "method", "scorer")
 NO_PREPROCESS = {"coregister": False, "radiometric": "none", "log_transform": False,
                  "speckle_window": 0, "smoothing_sigma": 0.0}
@@ -41,9 +45,12 @@ NO_PREPROCESS = {"coregister": False, "radiometric": "none", "log_transform": Fa
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's options: its own, then those of ``microchange detect``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="cva,pca-kmeans,learned",
-                        help="comma-separated method names, optionally METHOD+SCORER (e.g. "
-                             "cva+mahalanobis); 'default' is each sensor family's default")
+    parser.add_argument("--methods", default="default,cva@otsu,pca-kmeans,learned",
+                        help="comma-separated METHOD[+SCORER][@THRESHOLD] (e.g. "
+                             "cva+mahalanobis, cva@otsu); 'default' is each family's default")
+    parser.add_argument("--check", default="default",
+                        help="method whose collapse against the baselines (cva@otsu, "
+                             "pca-kmeans) is checked per pair")
     parser.add_argument("--work", default="out/bench", help="work/output folder")
     parser.add_argument("--only", default="", help="comma-separated dataset name filter")
     parser.add_argument("--no-preprocess", action="store_true",
@@ -56,10 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_pair(args: argparse.Namespace, pair: Any, method: str, work: Path) -> dict[str, Any]:
-    name, _, scorer = method.partition("+")
+    spec, _, threshold = method.partition("@")
+    name, _, scorer = spec.partition("+")
     base: dict[str, Any] = {"sensor": "sar" if pair.family == "sar" else "optical",
                             "bands": pair.bands, "method": None if name == "default" else name,
                             "scorer": scorer or None}
+    if threshold:
+        base["threshold"] = threshold
     if args.no_preprocess:
         base["preprocess"] = dict(NO_PREPROCESS)
     cfg = config_from_args(args, base=base)
@@ -68,25 +78,11 @@ def _run_pair(args: argparse.Namespace, pair: Any, method: str, work: Path) -> d
     run_detection(pair.before, pair.after, out, cfg)
     seconds = time.perf_counter() - t0
     m = evaluate_run(out, pair.truth, **pair.truth_kwargs())
-    return {"dataset": pair.name, "family": pair.family, "method": method,
-            **{k: m[k] for k in COLUMNS[3:-1]}, "seconds": seconds}
-
-
-def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per family and method: pairs, mean F1 / kappa / best F1, and the worst pair's F1."""
-    out = []
-    for fam in sorted({r["family"] for r in rows}):
-        for method in dict.fromkeys(r["method"] for r in rows):
-            sel = [r for r in rows if r["family"] == fam and r["method"] == method]
-            if not sel:
-                continue
-            worst = min(sel, key=lambda r: r["f1"])
-            out.append({"family": fam, "method": method, "pairs": len(sel),
-                        "mean_f1": sum(r["f1"] for r in sel) / len(sel),
-                        "mean_kappa": sum(r["kappa"] for r in sel) / len(sel),
-                        "mean_best_f1": sum(r["best_f1"] or 0.0 for r in sel) / len(sel),
-                        "worst_f1": worst["f1"], "worst_pair": worst["dataset"]})
-    return out
+    changed = m["tp"] + m["fn"]
+    return {"dataset": pair.name, "source": getattr(pair, "dataset", pair.name),
+            "family": pair.family, "method": method, **{k: m[k] for k in METRICS},
+            "changed_share": changed / m["n_labelled"] if m["n_labelled"] else 0.0,
+            "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,10 +101,19 @@ def main(argv: list[str] | None = None) -> int:
             r = rows[-1]
             print(f"{r['dataset']:28s} {method:10s} F1 {r['f1']:.3f} kappa {r['kappa']:.3f} "
                   f"({r['seconds']:.1f} s)", file=sys.stderr)
-    summary = summarise(rows)
+    summary = family_summary(rows)
     for s in summary:
         print(f"{s['family']:14s} {s['method']:12s} mean F1 {s['mean_f1']:.3f} kappa "
               f"{s['mean_kappa']:.3f}; worst F1 {s['worst_f1']:.3f} ({s['worst_pair']})")
+    lodo = leave_one_dataset_out(rows, args.methods.split(","))
+    for s in lodo:
+        print(f"{s['family']:14s} {s['metric']}: in-sample {s['in_sample_choice']} "
+              f"{s['in_sample_mean']:.3f}, leave-one-dataset-out {s['lodo_mean']:.3f} "
+              f"(worst {s['lodo_worst']:.3f}, {s['lodo_worst_pair']})")
+    collapse = collapse_check(rows, args.check)
+    for c in (c for c in collapse if not c["passes"]):
+        print(f"collapse: {args.check} on {c['dataset']}: F1 {c['f1']:.3f} < 0.7 x "
+              f"{c['baseline']} {c['baseline_f1']:.3f}")
     work.mkdir(parents=True, exist_ok=True)
     with open(work / "accuracy.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=COLUMNS)
@@ -120,6 +125,16 @@ def main(argv: list[str] | None = None) -> int:
             [{"caption": "Per sensor family and method: mean over the pairs, and the worst pair",
               "columns": ["family", "method", "pairs", "mean_f1", "mean_kappa", "mean_best_f1",
                           "worst_f1", "worst_pair"], "rows": summary},
+             {"caption": "The rule 'best family mean' among the methods run, in-sample and "
+                         "leave-one-dataset-out (chosen without the dataset it is scored on)",
+              "columns": ["family", "metric", "datasets", "in_sample_choice", "in_sample_mean",
+                          "lodo_mean", "lodo_worst", "lodo_worst_pair", "lodo_choices"],
+              "rows": lodo},
+             {"caption": f"Collapse check of '{args.check}': F1 against 0.7 x the better of "
+                         "cva@otsu and pca-kmeans, on pairs with >= 1 % change and a baseline "
+                         "F1 >= 0.15",
+              "columns": ["dataset", "family", "changed_share", "baseline", "baseline_f1", "f1",
+                          "ratio", "passes"], "rows": collapse},
              {"caption": "Per pair (best F1: the best single threshold, chosen with the truth)",
               "columns": list(COLUMNS), "rows": rows}],
             notes="One configuration per sensor family; nothing tuned per image.",
