@@ -2,19 +2,22 @@
 
 The data live read-only in ``../shared/data`` beside the repository (override with the
 environment variable ``MICROCHANGE_SHARED_DATA``); each folder's ``PROVENANCE.md`` documents its
-encoding. Most pairs are used in place. Two need derived files, written once under a work
-directory and reused afterwards (nothing is ever written next to the shared data):
+encoding. Each pair names its ``dataset`` (one per source, for leave-one-dataset-out scoring) and
+its :data:`Family`. Most pairs are used in place; some need derived files, written once under a
+work directory and reused afterwards (nothing is ever written next to the shared data):
 
-* OSCD (bercy, paris, rennes): the four 10 m Sentinel-2 bands B02, B03, B04, B08 of each date are
-  stacked into one 4-band uint16 GeoTIFF, and the label ``cm/<city>-cm.tif`` (1 = no change,
-  2 = change, no geotags) is rewritten as a GeoTIFF on the t1 grid. With ``oscd_folders=True``
-  a second pair per city, ``oscd_<city>_s2x10``, uses the ``imgs_1``/``imgs_2`` folders directly
-  with the ten 10 m and 20 m bands :data:`OSCD_S2X10_BANDS` (microchange stacks them on the 10 m
-  grid, resampling the 20 m bands bilinearly); its ``bands`` go into ``DetectConfig(bands=...)``.
-* Taizhou: the two sparse sample masks ``change.bmp`` and ``unchanged.bmp`` are merged into one
-  truth GeoTIFF on the Landsat grid: 2 = changed, 1 = unchanged, 0 = unlabelled.
+* OSCD: the 10 m bands B02, B03, B04, B08 of each date stacked into one uint16 GeoTIFF, the
+  label (1 = no change, 2 = change) rewritten on the t1 grid; with ``oscd_folders=True`` also
+  ``oscd_<city>_s2x10``: the band folders with the ten bands :data:`OSCD_S2X10_BANDS`.
+* Taizhou: the sparse ``change.bmp``/``unchanged.bmp`` merged: 2 = changed, 1 = unchanged,
+  0 = unlabelled.
+* Chao Lake: palette BMPs whose palette is not the identity: grey values through the palette.
+* Wenchuan, Bastrop, Alaska (``.mat``): ``before``/``after``/``gt`` as plain GeoTIFFs (no CRS,
+  identity transform), native dtypes (float64 as float32); ``gt`` 1 = changed.
 
-Use a pair with :func:`microchange.evaluation.evaluate_mask`::
+``bands`` goes into ``DetectConfig(bands=...)``: names for band folders, 1-based indexes for the
+bands of a file (Ottawa: band 1 of an R=G=B BMP). Use a pair with
+:func:`microchange.evaluation.evaluate_mask`::
 
     for pair in list_pairs(Path("out/bench_work")):
         metrics = evaluate_mask(mask_path, pair.truth, **pair.truth_kwargs())
@@ -22,6 +25,7 @@ Use a pair with :func:`microchange.evaluation.evaluate_mask`::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 import warnings
@@ -33,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.transform import Affine
 
 __all__ = (
     "OSCD_BANDS",
@@ -45,13 +50,18 @@ __all__ = (
     "shared_data_root",
 )
 
-Family = Literal["optical", "sar", "heterogeneous"]
+Family = Literal["optical", "vhr", "sar", "heterogeneous"]
+"""Sensor family: ``optical`` multispectral satellite, ``vhr`` very-high-resolution aerial or
+Google-Earth RGB, ``sar`` every SAR pair, ``heterogeneous`` a cross-sensor (SAR/optical) pair."""
 
 ENV_VAR = "MICROCHANGE_SHARED_DATA"
 OSCD_CITIES = ("bercy", "paris", "rennes")
 OSCD_BANDS = ("B02", "B03", "B04", "B08")
 OSCD_S2X10_BANDS = ("B02", "B03", "B04", "B08", "B05", "B06", "B07", "B8A", "B11", "B12")
 LEVIR_TILES = ("test_7", "test_12", "test_102")
+OMBRIA_TILES = ("0113", "0178", "0212", "0221")
+DSIFN_TILES = ("0_2", "1_1", "2_4", "3_4", "4_4")
+SZADA_PAIRS = tuple(range(1, 8))
 
 
 def shared_data_root() -> Path:
@@ -76,6 +86,8 @@ class BenchmarkPair:
     Attributes:
         name: Unique pair name, e.g. ``"oscd_bercy"`` or ``"levir_test_7"``.
         family: Sensor family: the default configuration of this family is run on it.
+        dataset: The source dataset (``"oscd"``, ``"levir"``, ``"szada"``...): all pairs of one
+            source share it; the unit of leave-one-dataset-out scoring.
         before: Raster at t1 (older date); any GDAL-readable format.
         after: Raster at t2, same pixel grid as ``before``.
         truth: Ground-truth raster, same height and width as ``before``; band 1 is used.
@@ -86,12 +98,14 @@ class BenchmarkPair:
             of the lists are unlabelled and excluded from scoring.
         truth_threshold: If set, the truth is continuous (lossy JPEG mask): ``truth >
             truth_threshold`` is changed and everything else is unchanged.
-        bands: Band names for ``DetectConfig(bands=...)`` when ``before``/``after`` are folders
-            of single-band files; None = every band of the files.
+        bands: ``DetectConfig(bands=...)``: band names when ``before``/``after`` are folders
+            of single-band files, or 1-based band indexes of a multi-band file (never mixed);
+            None = every band of the files.
     """
 
     name: str
     family: Family
+    dataset: str
     before: Path
     after: Path
     truth: Path
@@ -99,7 +113,7 @@ class BenchmarkPair:
     ignore_values: tuple[int, ...] = ()
     unchanged_values: tuple[int, ...] | None = None
     truth_threshold: int | None = None
-    bands: tuple[str, ...] | None = None
+    bands: tuple[str, ...] | tuple[int, ...] | None = None
 
     def truth_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`microchange.evaluation.evaluate_mask` for this truth.
@@ -120,8 +134,8 @@ def list_pairs(
 ) -> list[BenchmarkPair]:
     """Every benchmark pair of every shared dataset folder, preparing derived files if needed.
 
-    Derived files (OSCD stacks and labels, the Taizhou truth) are written under ``workdir`` the
-    first time and reused when already there.
+    Derived files (OSCD stacks and labels, the Taizhou truth, the Chao Lake grey images, the
+    ``.mat`` rasters) are written under ``workdir`` the first time and reused when already there.
 
     Args:
         workdir: Folder for derived files; created if missing. Never inside the shared data.
@@ -130,12 +144,14 @@ def list_pairs(
             folders with the ten 10 m / 20 m bands (after the three stacked OSCD pairs).
 
     Returns:
-        13 pairs: oscd_bercy, oscd_paris, oscd_rennes, taizhou, bern, san_francisco,
-        yellow_river_coastline, yellow_river_inland_water, beijing_a, levir_test_7,
-        levir_test_12, levir_test_102, shuguang (16 with ``oscd_folders``).
+        36 pairs (39 with ``oscd_folders``), in this order: oscd_bercy, oscd_paris, oscd_rennes,
+        taizhou, bern, san_francisco, yellow_river_coastline, yellow_river_inland_water,
+        beijing_a, levir_test_7, levir_test_12, levir_test_102, shuguang, then ottawa, chao_lake,
+        wenchuan, ombria_0113/0178/0212/0221, bastrop, alaska, dsifn_0_2/1_1/2_4/3_4/4_4,
+        szada_1 ... szada_7.
 
     Raises:
-        FileNotFoundError: If the data folder or one of the expected files is missing.
+        FileNotFoundError: If the data folder, a dataset folder or an expected file is missing.
         ValueError: If files that must share a grid do not.
     """
     data = Path(root) if root is not None else shared_data_root()
@@ -146,53 +162,121 @@ def list_pairs(
         )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    return _first_pairs(data, workdir, oscd_folders) + _added_pairs(data, workdir)
 
-    pairs = [_oscd_pair(data / "oscd_s2_shared", city, workdir / "oscd") for city in OSCD_CITIES]
+
+def _first_pairs(data: Path, workdir: Path, oscd_folders: bool) -> list[BenchmarkPair]:
+    """The original 13 pairs (16 with ``oscd_folders``), names, order and encodings unchanged."""
+    oscd = _folder(data, "oscd_s2_shared")
+    pairs = [_oscd_pair(oscd, city, workdir / "oscd") for city in OSCD_CITIES]
     if oscd_folders:
-        pairs += [_oscd_folder_pair(data / "oscd_s2_shared", city, workdir / "oscd")
-                  for city in OSCD_CITIES]
-    pairs.append(_taizhou_pair(data / "taizhou_landsat7_etm", workdir / "taizhou"))
+        pairs += [_oscd_folder_pair(oscd, city, workdir / "oscd") for city in OSCD_CITIES]
+    pairs.append(_taizhou_pair(_folder(data, "taizhou_landsat7_etm"), workdir / "taizhou"))
     sar = [
         ("bern", "bern_ers2_sar", "bern", ()),
         ("san_francisco", "san_francisco_ers2_sar", "san", ()),
         ("yellow_river_coastline", "yellow_river_coastline_sar", "yellow_B", ()),
         ("yellow_river_inland_water", "yellow_river_inland_water_sar", "yellow_C", (34,)),
     ]
-    for name, folder, stem, ignore in sar:
-        pairs.append(_triple(name, "sar", data / folder, stem, ".bmp", ignore_values=ignore))
-    beijing = data / "beijing_a_optical"
+    for name, folder, stem, ignore in sar:  # Yellow River inland: 34 = unknown (PROVENANCE)
+        pairs.append(_triple(name, "sar", _folder(data, folder), stem, ".bmp",
+                             ignore_values=ignore))
+    beijing = _folder(data, "beijing_a_optical")
     pairs.append(
         BenchmarkPair(
             name="beijing_a",
-            family="optical",
+            family="vhr",
+            dataset="beijing",
             before=_existing(beijing / "beijing_A_1.jpg"),
             after=_existing(beijing / "beijing_A_2.jpg"),
             truth=_existing(beijing / "beijing_A_gt.jpg"),
             changed_values=(),
-            truth_threshold=128,
+            truth_threshold=128,  # lossy JPEG mask: > 128 = changed (PROVENANCE)
         )
     )
-    levir = data / "levir_cd_samples"
-    for tile in LEVIR_TILES:
-        pairs.append(
-            BenchmarkPair(
-                name=f"levir_{tile}",
-                family="optical",
-                before=_existing(levir / "A" / f"{tile}.png"),
-                after=_existing(levir / "B" / f"{tile}.png"),
-                truth=_existing(levir / "label" / f"{tile}.png"),
-            )
-        )
-    pairs.append(
-        _triple(
-            "shuguang",
-            "heterogeneous",
-            data / "shuguang_sar_optical_heterogeneous",
-            "shuguang",
-            ".bmp",
-        )
-    )
+    levir = _folder(data, "levir_cd_samples")
+    pairs += [_tile(f"levir_{t}", "vhr", "levir", levir / "A" / f"{t}.png",
+                    levir / "B" / f"{t}.png", levir / "label" / f"{t}.png") for t in LEVIR_TILES]
+    shuguang = _folder(data, "shuguang_sar_optical_heterogeneous")
+    pairs.append(_triple("shuguang", "heterogeneous", shuguang, "shuguang", ".bmp"))
     return pairs
+
+
+def _added_pairs(data: Path, workdir: Path) -> list[BenchmarkPair]:
+    """The pairs added after the original 13: SAR, then optical, then VHR."""
+    ottawa = _folder(data, "ottawa_radarsat_sar")
+    pairs = [
+        # R=G=B BMP: band 1 only; the truth reads band 1 anyway.
+        _tile("ottawa", "sar", "ottawa", ottawa / "ottawa_1.bmp", ottawa / "ottawa_2.bmp",
+              ottawa / "ottawa_gt.bmp", bands=(1,)),
+        _chao_lake_pair(_folder(data, "chao_lake_sar"), workdir / "chao_lake"),
+        _mat_pair("wenchuan", "sar", _folder(data, "wenchuan_sar") / "Wenchuan_dataset.mat",
+                  workdir / "wenchuan"),
+    ]
+    ombria = _folder(data, "ombria_s1_flood_sar")
+    pairs += [_tile(f"ombria_{t}", "sar", "ombria", ombria / "before" / f"S1_before_{t}.png",
+                    ombria / "after" / f"S1_after_{t}.png", ombria / "mask" / f"S1_mask_{t}.png")
+              for t in OMBRIA_TILES]
+    pairs += [
+        _mat_pair("bastrop", "optical",
+                  _folder(data, "bastrop_texas_fire") / "Bastrop_dataset.mat", workdir / "bastrop"),
+        _mat_pair("alaska", "optical", _folder(data, "alaska_landsat") / "alaska_dataset.mat",
+                  workdir / "alaska"),
+    ]
+    dsifn = _folder(data, "dsifn_samples")
+    pairs += [_tile(f"dsifn_{t}", "vhr", "dsifn", dsifn / "A" / f"{t}.png",
+                    dsifn / "B" / f"{t}.png", dsifn / "label" / f"{t}.png") for t in DSIFN_TILES]
+    szada = _folder(data, "sztaki_szada")
+    for n in SZADA_PAIRS:
+        folder = _folder(szada, str(n))
+        pair = _tile(f"szada_{n}", "vhr", "szada", _file_nocase(folder, "im1.bmp"),
+                     _file_nocase(folder, "im2.bmp"), _file_nocase(folder, "gt.bmp"))
+        # Hand-drawn masks: 0/255, plus one 213 pixel in 6/gt.BMP that PROVENANCE counts as
+        # changed (its counts are "pixels > 128"), hence the threshold instead of (255,).
+        pairs.append(dataclasses.replace(pair, changed_values=(), truth_threshold=128))
+    return pairs
+
+
+def _folder(parent: Path, name: str) -> Path:
+    path = parent / name
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"benchmark dataset folder {str(path)!r} not found: check the shared data"
+        )
+    return path
+
+
+def _file_nocase(folder: Path, name: str) -> Path:
+    """The one file of ``folder`` called ``name`` up to case (SZADA has ``im2.BMP`` too)."""
+    matches = sorted(p for p in folder.iterdir() if p.name.lower() == name.lower())
+    if len(matches) != 1:
+        raise FileNotFoundError(
+            f"expected one file {name!r} (any case) in {str(folder)!r}, found {len(matches)}"
+        )
+    return _existing(matches[0])
+
+
+def _tile(
+    name: str,
+    family: Family,
+    dataset: str,
+    before: Path,
+    after: Path,
+    truth: Path,
+    *,
+    bands: tuple[int, ...] | None = None,
+) -> BenchmarkPair:
+    """Pair of files used in place with 255 = changed, every other truth value unchanged."""
+    return BenchmarkPair(
+        name=name,
+        family=family,
+        dataset=dataset,
+        before=_existing(before),
+        after=_existing(after),
+        truth=_existing(truth),
+        changed_values=(255,),
+        bands=bands,
+    )
 
 
 def _existing(path: Path) -> Path:
@@ -210,10 +294,14 @@ def _triple(
     *,
     ignore_values: tuple[int, ...] = (),
 ) -> BenchmarkPair:
-    """Pair whose files are ``<stem>_1``, ``<stem>_2`` and ``<stem>_gt`` with 255 = changed."""
+    """Pair whose files are ``<stem>_1``, ``<stem>_2`` and ``<stem>_gt`` with 255 = changed.
+
+    The pair is the whole dataset: ``dataset`` is ``name``.
+    """
     return BenchmarkPair(
         name=name,
         family=family,
+        dataset=name,
         before=_existing(folder / f"{stem}_1{suffix}"),
         after=_existing(folder / f"{stem}_2{suffix}"),
         truth=_existing(folder / f"{stem}_gt{suffix}"),
@@ -285,6 +373,24 @@ def _stack_bands(band_paths: list[Path], out: Path) -> None:
             src.close()
 
 
+def _write_plain(array: np.ndarray[Any, Any], out: Path) -> None:
+    """Write the 2-D ``array`` (its dtype kept) as a GeoTIFF without CRS, identity transform."""
+    profile = {
+        "driver": "GTiff",
+        "height": array.shape[0],
+        "width": array.shape[1],
+        "count": 1,
+        "dtype": array.dtype.name,
+        "crs": None,
+        "transform": Affine.identity(),
+        "compress": "deflate",
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(array, 1)
+
+
 def _write_on_grid(array: np.ndarray[Any, Any], ref_path: Path, out: Path, source: Path) -> None:
     """Write the 2-D uint8 ``array`` as a GeoTIFF with the CRS/transform of ``ref_path``."""
     with _open(ref_path) as ref:
@@ -316,6 +422,7 @@ def _oscd_pair(folder: Path, city: str, workdir: Path) -> BenchmarkPair:
     return BenchmarkPair(
         name=f"oscd_{city}",
         family="optical",
+        dataset="oscd",
         before=before,
         after=after,
         truth=truth,
@@ -334,6 +441,7 @@ def _oscd_folder_pair(folder: Path, city: str, workdir: Path) -> BenchmarkPair:
     return BenchmarkPair(
         name=f"oscd_{city}_s2x10",
         family="optical",
+        dataset="oscd",
         before=city_dir / "imgs_1",
         after=city_dir / "imgs_2",
         truth=stacked.truth,
@@ -369,9 +477,84 @@ def _taizhou_pair(folder: Path, workdir: Path) -> BenchmarkPair:
     return BenchmarkPair(
         name="taizhou",
         family="optical",
+        dataset="taizhou",
         before=before,
         after=after,
         truth=truth,
         changed_values=(2,),
         unchanged_values=(1,),
+    )
+
+
+def _grey_through_palette(path: Path) -> np.ndarray[Any, Any]:
+    """Band 1 of the palette image ``path`` mapped through its grey palette (PIL ``'L'``)."""
+    with _open(path) as src:
+        indexes = src.read(1)
+        try:
+            colormap = src.colormap(1)
+        except ValueError as exc:
+            raise ValueError(f"{str(path)!r} has no palette") from exc
+    lut = np.zeros(256, dtype=np.uint8)
+    for index, (red, green, blue, _alpha) in colormap.items():
+        if not red == green == blue:
+            raise ValueError(f"palette of {str(path)!r} is not grey at index {index}")
+        lut[index] = red
+    return lut[indexes]
+
+
+def _chao_lake_pair(folder: Path, workdir: Path) -> BenchmarkPair:
+    """Chao Lake: palette BMPs (raw indices 20..77) written as their grey values (0..255)."""
+    t1 = _existing(folder / "Chao1_1.bmp")
+    t2 = _existing(folder / "Chao1_2.bmp")
+    # The truth palette maps 0 -> 0 and 255 -> 255, the only indices used: used in place.
+    truth = _existing(folder / "Chao1_1gt.bmp")
+    before = _write_cached(workdir / "chao_lake_t1.tif",
+                           lambda p: _write_plain(_grey_through_palette(t1), p))
+    after = _write_cached(workdir / "chao_lake_t2.tif",
+                          lambda p: _write_plain(_grey_through_palette(t2), p))
+    return BenchmarkPair(
+        name="chao_lake",
+        family="sar",
+        dataset="chao_lake",
+        before=before,
+        after=after,
+        truth=truth,
+        changed_values=(255,),
+    )
+
+
+def _mat_pair(name: str, family: Family, mat: Path, workdir: Path) -> BenchmarkPair:
+    """A ``.mat`` with 2-D ``before``, ``after`` and ``gt`` (1 = changed) as three GeoTIFFs."""
+    _existing(mat)
+    loaded: dict[str, np.ndarray[Any, Any]] = {}
+
+    def array(key: str) -> np.ndarray[Any, Any]:
+        if not loaded:
+            from scipy.io import loadmat
+
+            content = loadmat(mat)
+            missing = [k for k in ("before", "after", "gt") if k not in content]
+            if missing:
+                raise ValueError(f"{str(mat)!r} has no variable(s) {missing}")
+            arrays = {k: np.asarray(content[k]) for k in ("before", "after", "gt")}
+            shapes = {k: a.shape for k, a in arrays.items()}
+            if any(len(s) != 2 for s in shapes.values()) or len(set(shapes.values())) != 1:
+                raise ValueError(f"{str(mat)!r}: before/after/gt must be 2-D of one shape, "
+                                 f"got {shapes}")
+            loaded.update(arrays)
+        a = loaded[key]
+        return np.ascontiguousarray(a.astype(np.float32) if a.dtype == np.float64 else a)
+
+    paths = {
+        key: _write_cached(workdir / f"{name}_{key}.tif", lambda p, k=key: _write_plain(array(k), p))
+        for key in ("before", "after", "gt")
+    }
+    return BenchmarkPair(
+        name=name,
+        family=family,
+        dataset=name,
+        before=paths["before"],
+        after=paths["after"],
+        truth=paths["gt"],
+        changed_values=(1,),
     )
