@@ -34,7 +34,7 @@ from microchange.cli.options import add_config_options, config_from_args
 from microchange.evaluation import evaluate_run
 from microchange.pipeline import run_detection
 
-COLUMNS = ("dataset", "source", "family", "method", "precision", "recall", "f1", "kappa", "iou",
+COLUMNS = ("pair", "dataset", "family", "method", "precision", "recall", "f1", "kappa", "iou",
            "pr_auc", "best_f1", "changed_share", "seconds")
 METRICS = ("precision", "recall", "f1", "kappa", "iou", "pr_auc", "best_f1")
 PER_PAIR = ("sensor", "bands", "method", "scorer")
@@ -79,7 +79,7 @@ def _run_pair(args: argparse.Namespace, pair: Any, method: str, work: Path) -> d
     seconds = time.perf_counter() - t0
     m = evaluate_run(out, pair.truth, **pair.truth_kwargs())
     changed = m["tp"] + m["fn"]
-    return {"dataset": pair.name, "source": getattr(pair, "dataset", pair.name),
+    return {"pair": pair.name, "dataset": pair.dataset,
             "family": pair.family, "method": method, **{k: m[k] for k in METRICS},
             "changed_share": changed / m["n_labelled"] if m["n_labelled"] else 0.0,
             "seconds": seconds}
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods.split(","):
             rows.append(_run_pair(args, pair, method, work))
             r = rows[-1]
-            print(f"{r['dataset']:28s} {method:10s} F1 {r['f1']:.3f} kappa {r['kappa']:.3f} "
+            print(f"{r['pair']:28s} {method:10s} F1 {r['f1']:.3f} kappa {r['kappa']:.3f} "
                   f"({r['seconds']:.1f} s)", file=sys.stderr)
     summary = family_summary(rows)
     for s in summary:
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(worst {s['lodo_worst']:.3f}, {s['lodo_worst_pair']})")
     collapse = collapse_check(rows, args.check)
     for c in (c for c in collapse if not c["passes"]):
-        print(f"collapse: {args.check} on {c['dataset']}: F1 {c['f1']:.3f} < 0.7 x "
+        print(f"collapse: {args.check} on {c['pair']}: F1 {c['f1']:.3f} < 0.7 x "
               f"{c['baseline']} {c['baseline_f1']:.3f}")
     work.mkdir(parents=True, exist_ok=True)
     with open(work / "accuracy.csv", "w", newline="") as fh:
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
              {"caption": f"Collapse check of '{args.check}': F1 against 0.7 x the better of "
                          "cva@otsu and pca-kmeans, on pairs with >= 1 % change and a baseline "
                          "F1 >= 0.15",
-              "columns": ["dataset", "family", "changed_share", "baseline", "baseline_f1", "f1",
+              "columns": ["pair", "family", "changed_share", "baseline", "baseline_f1", "f1",
                           "ratio", "passes"], "rows": collapse},
              {"caption": "Per pair (best F1: the best single threshold, chosen with the truth)",
               "columns": list(COLUMNS), "rows": rows}],

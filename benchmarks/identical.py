@@ -44,7 +44,7 @@ def _jobs() -> list[dict[str, Any]]:
         for p in list_pairs(WORK / "inputs", oscd_folders=True):
             args = ["--sensor", "sar" if p.family == "sar" else "optical"]
             if p.bands:
-                args += ["--bands", ",".join(p.bands)]
+                args += ["--bands", ",".join(map(str, p.bands))]
             jobs.append({"name": p.name, "before": str(p.before), "after": str(p.after),
                          "args": args})
             if p.name == "bern":

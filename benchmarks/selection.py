@@ -1,6 +1,6 @@
 """Honest summaries of accuracy rows: family means, worst pairs, leave-one-dataset-out, collapse.
 
-Rows are dicts with ``dataset`` (the pair), ``source`` (the dataset it belongs to), ``family``,
+Rows are dicts with ``pair`` (its name), ``dataset`` (the dataset it belongs to), ``family``,
 ``method`` and the metrics of :func:`microchange.evaluation.evaluate_run` (``f1``, ``kappa``,
 ``changed_share`` ...). Every function here is pure: the accuracy benchmark feeds it rows.
 
@@ -49,7 +49,7 @@ def family_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                         "mean_f1": _mean([r["f1"] for r in sel]),
                         "mean_kappa": _mean([r["kappa"] for r in sel]),
                         "mean_best_f1": _mean([r["best_f1"] or 0.0 for r in sel]),
-                        "worst_f1": worst["f1"], "worst_pair": worst["dataset"]})
+                        "worst_f1": worst["f1"], "worst_pair": worst["pair"]})
     return out
 
 
@@ -83,17 +83,17 @@ def leave_one_dataset_out(rows: Sequence[dict[str, Any]], candidates: Sequence[s
         in_sample = [r for r in fam_rows if r["method"] == chosen]
         held: list[dict[str, Any]] = []
         choices = {}
-        for source in sorted({r["source"] for r in fam_rows}):
-            train = [r for r in fam_rows if r["source"] != source]
+        for source in sorted({r["dataset"] for r in fam_rows}):
+            train = [r for r in fam_rows if r["dataset"] != source]
             pick = _best(train, methods, metric) if train else chosen
             choices[source] = pick
-            held += [r for r in fam_rows if r["source"] == source and r["method"] == pick]
+            held += [r for r in fam_rows if r["dataset"] == source and r["method"] == pick]
         worst = min(held, key=lambda r: r[metric])
         out.append({"family": fam, "metric": metric, "datasets": len(choices),
                     "in_sample_choice": chosen,
                     "in_sample_mean": _mean([r[metric] for r in in_sample]),
                     "lodo_mean": _mean([r[metric] for r in held]),
-                    "lodo_worst": worst[metric], "lodo_worst_pair": worst["dataset"],
+                    "lodo_worst": worst[metric], "lodo_worst_pair": worst["pair"],
                     "lodo_choices": ", ".join(f"{s}: {m}" for s, m in choices.items())})
     return out
 
@@ -108,7 +108,7 @@ def collapse_check(rows: Sequence[dict[str, Any]], method: str) -> list[dict[str
     out = []
     by_pair: dict[str, dict[str, dict[str, Any]]] = {}
     for r in rows:
-        by_pair.setdefault(r["dataset"], {})[r["method"]] = r
+        by_pair.setdefault(r["pair"], {})[r["method"]] = r
     for pair, runs in by_pair.items():
         if method not in runs or not all(b in runs for b in BASELINES):
             continue
@@ -118,7 +118,7 @@ def collapse_check(rows: Sequence[dict[str, Any]], method: str) -> list[dict[str
         if share < MIN_CHANGED_SHARE or base_f1 < MIN_BASELINE_F1:
             continue
         f1 = runs[method]["f1"]
-        out.append({"dataset": pair, "family": runs[method]["family"],
+        out.append({"pair": pair, "family": runs[method]["family"],
                     "changed_share": share, "baseline": base, "baseline_f1": base_f1,
                     "f1": f1, "ratio": f1 / base_f1,
                     "passes": f1 >= COLLAPSE_RATIO * base_f1})

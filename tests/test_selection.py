@@ -9,7 +9,7 @@ from benchmarks.selection import collapse_check, family_summary, leave_one_datas
 
 
 def _row(pair, source, method, f1, *, family="optical", share=0.1):
-    return {"dataset": pair, "source": source, "family": family, "method": method, "f1": f1,
+    return {"pair": pair, "dataset": source, "family": family, "method": method, "f1": f1,
             "kappa": f1 - 0.01, "best_f1": f1, "changed_share": share}
 
 
@@ -40,7 +40,7 @@ def test_collapse_check_flags_an_empty_map_where_the_scene_changed() -> None:
             _row("q", "Q", "pca-kmeans", 0.7),
             _row("r", "R", "default", 0.0, share=0.005), _row("r", "R", "cva@otsu", 0.8),
             _row("r", "R", "pca-kmeans", 0.8)]  # under 1 % changed: not checked
-    checks = {c["dataset"]: c for c in collapse_check(rows, "default")}
+    checks = {c["pair"]: c for c in collapse_check(rows, "default")}
     assert set(checks) == {"p", "q"}
     assert not checks["p"]["passes"] and checks["p"]["baseline"] == "cva@otsu"
     assert checks["q"]["passes"] and checks["q"]["baseline"] == "pca-kmeans"
