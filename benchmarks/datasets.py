@@ -267,16 +267,9 @@ def _tile(
     bands: tuple[int, ...] | None = None,
 ) -> BenchmarkPair:
     """Pair of files used in place with 255 = changed, every other truth value unchanged."""
-    return BenchmarkPair(
-        name=name,
-        family=family,
-        dataset=dataset,
-        before=_existing(before),
-        after=_existing(after),
-        truth=_existing(truth),
-        changed_values=(255,),
-        bands=bands,
-    )
+    return BenchmarkPair(name=name, family=family, dataset=dataset, before=_existing(before),
+                         after=_existing(after), truth=_existing(truth), changed_values=(255,),
+                         bands=bands)
 
 
 def _existing(path: Path) -> Path:
@@ -298,16 +291,9 @@ def _triple(
 
     The pair is the whole dataset: ``dataset`` is ``name``.
     """
-    return BenchmarkPair(
-        name=name,
-        family=family,
-        dataset=name,
-        before=_existing(folder / f"{stem}_1{suffix}"),
-        after=_existing(folder / f"{stem}_2{suffix}"),
-        truth=_existing(folder / f"{stem}_gt{suffix}"),
-        changed_values=(255,),
-        ignore_values=ignore_values,
-    )
+    before, after, truth = (_existing(folder / f"{stem}_{k}{suffix}") for k in ("1", "2", "gt"))
+    return BenchmarkPair(name=name, family=family, dataset=name, before=before, after=after,
+                         truth=truth, changed_values=(255,), ignore_values=ignore_values)
 
 
 def _open(path: Path) -> Any:
@@ -419,16 +405,8 @@ def _oscd_pair(folder: Path, city: str, workdir: Path) -> BenchmarkPair:
         _write_on_grid(cm, t1_bands[0], out, label)
 
     truth = _write_cached(workdir / f"{city}_truth.tif", write_truth)
-    return BenchmarkPair(
-        name=f"oscd_{city}",
-        family="optical",
-        dataset="oscd",
-        before=before,
-        after=after,
-        truth=truth,
-        changed_values=(2,),
-        unchanged_values=(1,),
-    )
+    return BenchmarkPair(name=f"oscd_{city}", family="optical", dataset="oscd", before=before,
+                         after=after, truth=truth, changed_values=(2,), unchanged_values=(1,))
 
 
 def _oscd_folder_pair(folder: Path, city: str, workdir: Path) -> BenchmarkPair:
@@ -438,17 +416,9 @@ def _oscd_folder_pair(folder: Path, city: str, workdir: Path) -> BenchmarkPair:
     for sub in ("imgs_1", "imgs_2"):
         for band in OSCD_S2X10_BANDS:
             _band_file(city_dir / sub, band)  # exactly one file per band, else a clear error
-    return BenchmarkPair(
-        name=f"oscd_{city}_s2x10",
-        family="optical",
-        dataset="oscd",
-        before=city_dir / "imgs_1",
-        after=city_dir / "imgs_2",
-        truth=stacked.truth,
-        changed_values=(2,),
-        unchanged_values=(1,),
-        bands=OSCD_S2X10_BANDS,
-    )
+    return BenchmarkPair(name=f"oscd_{city}_s2x10", family="optical", dataset="oscd",
+                         before=city_dir / "imgs_1", after=city_dir / "imgs_2", truth=stacked.truth,
+                         changed_values=(2,), unchanged_values=(1,), bands=OSCD_S2X10_BANDS)
 
 
 def _taizhou_pair(folder: Path, workdir: Path) -> BenchmarkPair:
@@ -474,16 +444,8 @@ def _taizhou_pair(folder: Path, workdir: Path) -> BenchmarkPair:
         _write_on_grid(truth, before, out, change)
 
     truth = _write_cached(workdir / "taizhou_truth.tif", write_truth)
-    return BenchmarkPair(
-        name="taizhou",
-        family="optical",
-        dataset="taizhou",
-        before=before,
-        after=after,
-        truth=truth,
-        changed_values=(2,),
-        unchanged_values=(1,),
-    )
+    return BenchmarkPair(name="taizhou", family="optical", dataset="taizhou", before=before,
+                         after=after, truth=truth, changed_values=(2,), unchanged_values=(1,))
 
 
 def _grey_through_palette(path: Path) -> np.ndarray[Any, Any]:
@@ -512,15 +474,8 @@ def _chao_lake_pair(folder: Path, workdir: Path) -> BenchmarkPair:
                            lambda p: _write_plain(_grey_through_palette(t1), p))
     after = _write_cached(workdir / "chao_lake_t2.tif",
                           lambda p: _write_plain(_grey_through_palette(t2), p))
-    return BenchmarkPair(
-        name="chao_lake",
-        family="sar",
-        dataset="chao_lake",
-        before=before,
-        after=after,
-        truth=truth,
-        changed_values=(255,),
-    )
+    return BenchmarkPair(name="chao_lake", family="sar", dataset="chao_lake", before=before,
+                         after=after, truth=truth, changed_values=(255,))
 
 
 def _mat_pair(name: str, family: Family, mat: Path, workdir: Path) -> BenchmarkPair:
@@ -549,12 +504,5 @@ def _mat_pair(name: str, family: Family, mat: Path, workdir: Path) -> BenchmarkP
         key: _write_cached(workdir / f"{name}_{key}.tif", lambda p, k=key: _write_plain(array(k), p))
         for key in ("before", "after", "gt")
     }
-    return BenchmarkPair(
-        name=name,
-        family=family,
-        dataset=name,
-        before=paths["before"],
-        after=paths["after"],
-        truth=paths["gt"],
-        changed_values=(1,),
-    )
+    return BenchmarkPair(name=name, family=family, dataset=name, before=paths["before"],
+                         after=paths["after"], truth=paths["gt"], changed_values=(1,))

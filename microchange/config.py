@@ -18,6 +18,8 @@ from typing import Any, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from microchange.errors import ConfigError
+
 __all__ = (
     "BAND_NAME_PATTERN",
     "DEEP_FIELD_METHODS",
@@ -461,24 +463,24 @@ def check_bands(bands: tuple[int | str, ...], *, role: str = "bands") -> None:
     """Check a band selection: 1-based indexes or band names, not mixed, no name twice.
 
     Raises:
-        ValueError: With the bad value and the fix (a ``ConfigError`` outside pydantic).
+        ConfigError: With the bad value and the fix (a ``ValueError``, so pydantic reports it).
     """
     if not bands:
-        raise ValueError(f"{role} is empty: give 1-based band indexes (1,2,3) or band names "
+        raise ConfigError(f"{role} is empty: give 1-based band indexes (1,2,3) or band names "
                          "(B02,B03), or nothing for all bands")
     names = [b for b in bands if isinstance(b, str)]
     ints = [b for b in bands if not isinstance(b, str)]
     if names and ints:
-        raise ValueError(f"{role} {list(bands)!r} mix indexes and names: use indexes (e.g. "
+        raise ConfigError(f"{role} {list(bands)!r} mix indexes and names: use indexes (e.g. "
                          "1,2,3) for the bands of a multi-band file, or names (e.g. B02,B03,B04) "
                          "for the files of a folder, not both")
     if ints and min(ints) < 1:
-        raise ValueError(f"{role} {list(bands)!r}: indexes are 1-based (the first band is 1)")
+        raise ConfigError(f"{role} {list(bands)!r}: indexes are 1-based (the first band is 1)")
     bad = [n for n in names if not BAND_NAME_PATTERN.match(n)]
     if bad:
-        raise ValueError(f"{role}: invalid band name(s) {bad!r}: letters, digits, '_' or '-', "
+        raise ConfigError(f"{role}: invalid band name(s) {bad!r}: letters, digits, '_' or '-', "
                          "e.g. B02, B8A, VV")
     folded = [n.lower() for n in names]
     dup = sorted({n for n in names if folded.count(n.lower()) > 1})
     if dup:
-        raise ValueError(f"{role}: band name(s) {dup!r} given twice: list each band once")
+        raise ConfigError(f"{role}: band name(s) {dup!r} given twice: list each band once")

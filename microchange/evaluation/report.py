@@ -3,11 +3,7 @@
 :func:`write_report` writes ``OUT_DIR/report/*.png`` and ``OUT_DIR/report.html``, in which the
 same PNGs are embedded as base64 data URIs so the page can be mailed or archived alone.
 
-Rasters are never read whole: each quicklook is one decimated read (``out_shape`` at most
-``max_size`` pixels on the long side), which GDAL serves from the COG overviews when there are
-some. Images use average resampling; the mask and the truth use nearest, so changes smaller than
-the decimation factor may not show on the quicklooks of rasters larger than ``max_size`` (the
-metrics and the tables count every pixel). Plots use matplotlib's Agg canvas on ``Figure``
+Rasters are never read whole (:mod:`~microchange.evaluation.quicklooks`). Plots use matplotlib's Agg canvas on ``Figure``
 objects: nothing needs a display, and the process-wide pyplot backend is left alone.
 """
 
@@ -18,19 +14,17 @@ import html
 import io
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
-from rasterio.enums import ColorInterp, Resampling
 
-from microchange.errors import GridMismatchError, InputError, OutputError
+from microchange.errors import InputError, OutputError
 from microchange.evaluation.metrics import decode_truth
-from microchange.io.datasets import open_raster
+from microchange.evaluation.quicklooks import grey, quicklook, read_outputs, truth_quicklook
 from microchange.io.manifest import read_run_manifest, run_rasters
 from microchange.types import REPORT_DIR, REPORT_NAME, MaskValue, PathLike
 
@@ -106,42 +100,36 @@ def write_report(
     notes: list[str] = []
     before_path = _input_path(before, run, "before", notes)
     after_path = _input_path(after, run, "after", notes)
-    if truth is None and metrics is not None and metrics.get("truth"):
-        if Path(metrics["truth"]).is_file():
-            truth = metrics["truth"]
-        else:
-            notes.append(f"truth {metrics['truth']} (from the metrics) is gone: no overlay.")
-    if encoding is None:
-        encoding = (metrics or {}).get("encoding") or {"changed_values": (255,)}
+    truth, encoding = _truth_of(truth, encoding, metrics, notes)
     threshold = _threshold_value(metrics, run)
 
-    with open_raster(mask_path, role="mask") as mask_ds:
-        shape = _decimated_shape(mask_ds.height, mask_ds.width, max_size)
-        mask = mask_ds.read(1, out_shape=shape, resampling=Resampling.nearest)
-        full_shape = (mask_ds.height, mask_ds.width)
-    with open_raster(score_path, role="score") as score_ds:
-        score = score_ds.read(1, out_shape=shape, resampling=Resampling.average).astype(np.float64)
+    mask, score, full_shape = read_outputs(mask_path, score_path, max_size)
+    shape = mask.shape
 
     panels: list[_Panel] = []
     before_rgb = after_rgb = None
     if before_path is not None:
-        before_rgb = _quicklook(before_path, "BEFORE", shape, mask_path)
+        before_rgb = quicklook(before_path, "BEFORE", shape, mask_path)
         panels.append(_image_panel("before", "BEFORE", before_rgb))
     if after_path is not None:
-        after_rgb = _quicklook(after_path, "AFTER", shape, mask_path)
+        after_rgb = quicklook(after_path, "AFTER", shape, mask_path)
         panels.append(_image_panel("after", "AFTER", after_rgb))
     panels.append(_score_panel(score, threshold))
-    base = _grey(after_rgb if after_rgb is not None else before_rgb, shape)
+    base = grey(after_rgb if after_rgb is not None else before_rgb, shape)
     panels.append(_mask_panel(base, mask))
     if truth is not None:
-        truth_q = _truth_quicklook(truth, shape, full_shape, mask_path)
+        truth_q = truth_quicklook(truth, shape, full_shape, mask_path)
         changed, labelled = decode_truth(truth_q, **dict(encoding))
         panels.append(_truth_panel(base, mask, changed, labelled))
     panels.append(_histogram_panel(metrics, score, threshold))
     if metrics is not None and metrics.get("pr_curve", {}).get("recall"):
         panels.append(_pr_panel(metrics))
 
-    page = _html_page(out, panels, _table_rows(metrics, run, truth), notes)
+    return _publish(out, panels, _html_page(out, panels, _table_rows(metrics, run, truth), notes))
+
+
+def _publish(out: Path, panels: list[_Panel], page: str) -> Path:
+    """Write the figures and the page (each under a temporary name first)."""
     try:
         fig_dir = out / REPORT_DIR
         fig_dir.mkdir(exist_ok=True)
@@ -156,6 +144,20 @@ def write_report(
 
 
 # -- reading ----------------------------------------------------------------------------------
+
+
+def _truth_of(truth: PathLike | None, encoding: Mapping[str, Any] | None,
+              metrics: Mapping[str, Any] | None, notes: list[str]
+              ) -> tuple[PathLike | None, Mapping[str, Any]]:
+    """The truth and its encoding: as given, else those the metrics were computed with."""
+    if truth is None and metrics is not None and metrics.get("truth"):
+        if Path(metrics["truth"]).is_file():
+            truth = metrics["truth"]
+        else:
+            notes.append(f"truth {metrics['truth']} (from the metrics) is gone: no overlay.")
+    if encoding is None:
+        encoding = (metrics or {}).get("encoding") or {"changed_values": (255,)}
+    return truth, encoding
 
 
 def _input_path(given: PathLike | None, run: Mapping[str, Any], role: str,
@@ -174,87 +176,6 @@ def _threshold_value(metrics: Mapping[str, Any] | None, run: Mapping[str, Any]) 
     thr = (metrics or {}).get("threshold") or run.get("threshold") or {}
     value = thr.get("value") if isinstance(thr, Mapping) else None
     return float(value) if isinstance(value, int | float) else None
-
-
-def _decimated_shape(height: int, width: int, max_size: int) -> tuple[int, int]:
-    scale = max(height, width) / max_size
-    if scale <= 1:
-        return height, width
-    return max(1, round(height / scale)), max(1, round(width / scale))
-
-
-@contextmanager
-def _on_grid(path: PathLike, role: str, ref_path: Path) -> Iterator[Any]:
-    """Open ``path``, warped onto the grid of ``ref_path`` when both are georeferenced and differ."""
-    from rasterio.vrt import WarpedVRT
-
-    with open_raster(path, role=role) as ds:
-        if ds.crs is None:
-            yield ds
-            return
-        with open_raster(ref_path, role="mask") as ref:
-            same = (ref.crs == ds.crs and ref.shape == ds.shape
-                    and ref.transform.almost_equals(ds.transform))
-            if same or ref.crs is None:
-                yield ds
-                return
-            with WarpedVRT(ds, crs=ref.crs, transform=ref.transform, width=ref.width,
-                           height=ref.height, resampling=Resampling.bilinear) as vrt:
-                yield vrt
-
-
-def _rgb_bands(ds: Any) -> list[int]:
-    if ds.count < 3:
-        return [1]
-    interp = list(ds.colorinterp)
-    wanted = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
-    if all(c in interp for c in wanted):
-        return [interp.index(c) + 1 for c in wanted]
-    return [1, 2, 3]
-
-
-def _quicklook(path: PathLike, role: str, shape: tuple[int, int],
-               ref: Path) -> NDArray[np.float64]:
-    """(h, w, 3) RGB in [0, 1] on the grid of ``ref`` decimated to ``shape``; NaN = no data."""
-    with _on_grid(path, role, ref) as ds:
-        bands = _rgb_bands(ds)
-        data = ds.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.average,
-                       masked=True)
-    arr = np.ma.filled(data.astype(np.float64), np.nan)
-    arr[~np.isfinite(arr)] = np.nan
-    out = np.stack([_stretch(band) for band in arr], axis=-1)
-    return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
-
-
-def _stretch(band: NDArray[np.float64]) -> NDArray[np.float64]:
-    finite = band[np.isfinite(band)]
-    if finite.size == 0:
-        return np.full_like(band, np.nan)
-    lo, hi = np.percentile(finite, (2, 98))
-    if hi <= lo:
-        hi = lo + 1.0
-    out: NDArray[np.float64] = np.clip((band - lo) / (hi - lo), 0.0, 1.0)
-    return out
-
-
-def _truth_quicklook(truth: PathLike, shape: tuple[int, int], full_shape: tuple[int, int],
-                     mask_path: Path) -> NDArray[Any]:
-    with open_raster(truth, role="truth") as ds:
-        if ds.shape != full_shape:
-            raise GridMismatchError(
-                f"truth {str(truth)!r} is {ds.height}x{ds.width} but mask {str(mask_path)!r} is "
-                f"{full_shape[0]}x{full_shape[1]} (rows x cols): give the truth of this pair"
-            )
-        data: NDArray[Any] = ds.read(1, out_shape=shape, resampling=Resampling.nearest)
-    return data
-
-
-def _grey(rgb: NDArray[np.float64] | None, shape: tuple[int, int]) -> NDArray[np.float64]:
-    """Darkened grey background (h, w, 3) for overlays."""
-    if rgb is None or rgb.shape[:2] != shape:
-        return np.full((*shape, 3), 0.5)
-    grey = np.nan_to_num(rgb.mean(axis=-1), nan=0.0)
-    return np.repeat((0.15 + 0.6 * grey)[..., None], 3, axis=-1)
 
 
 # -- figures ----------------------------------------------------------------------------------

@@ -182,6 +182,24 @@ class _ScoreHistograms:
                 "unchanged": np.add.reduceat(neg, starts).tolist()}
 
 
+def _accumulate(mask_path: Path, score_path: Path, truth: PathLike, band: int,
+                encoding: dict[str, Any], block_rows: int | None, n_bins: int
+                ) -> tuple[MaskCounter, ObjectCounter, _ScoreHistograms]:
+    """One pass over the run's rasters and the truth: confusion, objects, score histograms."""
+    counter, objects = MaskCounter(), ObjectCounter()
+    with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB), ExitStack() as stack:
+        blocks = _Blocks(stack, mask_path, truth, band, encoding, score_path)
+        rows = block_rows or max(1, _BLOCK_PIXELS // max(blocks.mask.width, 1))
+        hist = _ScoreHistograms(*_score_range(blocks.score, rows), n_bins)
+        for mask, changed, labelled, score in blocks.rows(rows):
+            assert score is not None  # opened with the score map
+            counter.add(mask, changed, labelled)
+            valid = mask != MaskValue.NODATA
+            objects.add(changed, mask == MaskValue.CHANGED, valid)
+            hist.add(score, changed, labelled & valid & ~np.isnan(score))
+    return counter, objects, hist
+
+
 def evaluate_run(
     out_dir: PathLike,
     truth: PathLike,
@@ -196,77 +214,47 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Score a detection run folder against a ground truth and write ``OUT_DIR/metrics.json``.
 
-    The mask, the score map and the truth are read together in blocks of whole rows (never a
-    whole raster), after a first pass over the score map for its range (skipped when the file
-    carries exact GDAL statistics). Per block it sums:
-
-    * the confusion matrix of the mask, as :func:`evaluate_mask`;
-    * one histogram of scores per truth class (``n_bins`` equal bins over the score range) over
-      the *ranked* pixels: labelled in the truth, not nodata in the mask, score not NaN. From
-      them :func:`ranking_metrics` gives ``roc_auc`` and ``pr_auc`` (average precision); both are
-      exact for the scores rounded to their bin, and within ~1e-3 of scikit-learn's
-      ``roc_auc_score`` / ``average_precision_score`` at the default 4096 bins;
-    * the connected components (8-connectivity) of the truth's changed pixels, labelled per block
-      and merged across block borders (so memory is one block plus a few integers per
-      component), and whether each one overlaps a changed mask pixel: :func:`object_recall`.
-      Objects lying wholly on mask nodata are not counted, as nodata pixels are not scored.
-
-    Memory is bounded by the block (about 50 bytes per pixel of a block) and GDAL's block
-    cache, capped at 256 MB here, whatever the raster's size.
+    The mask, the score map and the truth are read together in blocks of whole rows. Per block
+    it sums the confusion matrix (as :func:`evaluate_mask`), one histogram of scores per truth
+    class over the ranked pixels (labelled, not nodata, score not NaN; :func:`ranking_metrics`
+    turns them into ``roc_auc`` and ``pr_auc``, exact for the scores rounded to their bin) and
+    the truth's connected components with whether each meets a changed mask pixel
+    (:func:`object_recall`). Memory is one block and GDAL's cache (256 MB), whatever the size.
 
     Args:
-        out_dir: Folder of a detection run holding ``change_mask.tif`` (uint8: 1 changed,
-            0 unchanged, 255 nodata) and ``change_score.tif`` (float32, NaN nodata);
-            ``run.json`` is read for the threshold if present.
+        out_dir: Folder of a detection run (``change_mask.tif``, ``change_score.tif``;
+            ``run.json`` is read for the threshold if present).
         truth: Truth raster in any GDAL format, same height and width as the mask.
         changed_values: Truth values meaning changed (ignored if ``truth_threshold`` is set).
         ignore_values: Truth values excluded from scoring.
         unchanged_values: Truth values meaning unchanged; None = all other values. When given,
             pixels whose value is in no list are excluded (sparse truth).
-        truth_threshold: If set, truth pixels ``> truth_threshold`` are changed, others
-            unchanged.
+        truth_threshold: If set, truth pixels ``> truth_threshold`` are changed.
         n_bins: Score histogram bins for the AUCs; >= 2.
         band: 1-based truth band to read.
         block_rows: Rows read per block; default about 2 million pixels per block.
 
     Returns:
-        What is written to metrics.json: the keys of :func:`evaluate_mask` (``tp fp fn tn
-        precision recall f1 iou oa kappa n_labelled n_ignored n_nodata``), ``pr_auc`` and
-        ``roc_auc`` (None when a class has no ranked pixel), ``object_recall`` (see
-        :func:`object_recall`), ``threshold`` (from run.json, or None), ``truth``, ``mask`` and
-        ``score`` (absolute paths), ``band``, ``encoding`` (the truth encoding used),
-        ``auc`` (bins, score range and ranked pixels per class), ``pr_curve`` (``recall``,
-        ``precision``, ``threshold`` lists, <= 200 points by decreasing threshold) and
-        ``score_histogram`` (``edges`` and per-class ``changed``/``unchanged`` counts,
-        <= 128 bins).
+        What is written to metrics.json: the keys of :func:`evaluate_mask`, ``pr_auc``,
+        ``roc_auc``, ``best_f1`` (None without a class), ``object_recall``, ``threshold`` (from
+        run.json), the absolute paths, ``band``, ``encoding``, ``auc`` (bins, score range,
+        ranked pixels per class), ``pr_curve`` and ``score_histogram`` (for the report).
 
     Raises:
         InputNotFoundError: If ``out_dir`` is not a finished detection run.
         InputError: If ``n_bins`` < 2, ``block_rows`` < 1, or the mask holds values other than
             0, 1 and 255.
-        RasterReadError: If the truth or an output raster is missing or unreadable.
-        GridMismatchError: If the mask, the score map and the truth differ in height or width.
-        BandMismatchError: If ``band`` is not a band of the truth raster.
+        RasterReadError, GridMismatchError, BandMismatchError: As :func:`evaluate_mask`.
         OutputError: If metrics.json cannot be written.
     """
     out = Path(out_dir)
     mask_path, score_path = run_rasters(out)
-    if n_bins < 2:
-        raise InputError(f"n_bins must be >= 2, got {n_bins!r}")
-    if block_rows is not None and block_rows < 1:
-        raise InputError(f"block_rows must be >= 1, got {block_rows!r}")
+    if n_bins < 2 or (block_rows is not None and block_rows < 1):
+        raise InputError(f"n_bins must be >= 2 and block_rows >= 1, got {n_bins!r} and "
+                         f"{block_rows!r}")
     encoding = _encoding(changed_values, ignore_values, unchanged_values, truth_threshold)
-    counter, objects = MaskCounter(), ObjectCounter()
-    with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB), ExitStack() as stack:
-        blocks = _Blocks(stack, mask_path, truth, band, encoding, score_path)
-        rows = block_rows or max(1, _BLOCK_PIXELS // max(blocks.mask.width, 1))
-        hist = _ScoreHistograms(*_score_range(blocks.score, rows), n_bins)
-        for mask, changed, labelled, score in blocks.rows(rows):
-            assert score is not None  # opened with the score map
-            counter.add(mask, changed, labelled)
-            valid = mask != MaskValue.NODATA
-            objects.add(changed, mask == MaskValue.CHANGED, valid)
-            hist.add(score, changed, labelled & valid & ~np.isnan(score))
+    counter, objects, hist = _accumulate(mask_path, score_path, truth, band, encoding,
+                                         block_rows, n_bins)
     ranking = ranking_metrics(hist.pos, hist.neg, hist.edges())
     metrics: dict[str, Any] = dict(counter.metrics())
     metrics.update(

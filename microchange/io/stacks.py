@@ -30,7 +30,6 @@ from typing import Any, TypeAlias
 from microchange.config import check_bands
 from microchange.errors import (
     BandMismatchError,
-    ConfigError,
     RasterReadError,
 )
 from microchange.io.datasets import open_raster
@@ -96,10 +95,7 @@ def split_bands(
     """
     if bands is None:
         return None, None
-    try:
-        check_bands(bands, role=role)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    check_bands(bands, role=role)
     if isinstance(bands[0], str):
         return None, tuple(str(b) for b in bands)
     return tuple(int(b) for b in bands), None

@@ -14,7 +14,8 @@ from microchange.parallel import available_cpus
 from microchange.pipeline.finalise import finalise_detection
 from microchange.pipeline.fit import fit_detection
 from microchange.pipeline.plan import plan_detection
-from microchange.pipeline.score import score_tiles, tile_batches
+from microchange.pipeline.records import Plan
+from microchange.pipeline.score import score_tiles
 from microchange.types import PathLike
 
 __all__ = ("discard_run", "run_detection")
@@ -46,7 +47,7 @@ def run_detection(
     plan = plan_detection(before, after, out, config)
     try:
         fit_detection(plan)
-        ids = [i for batch in tile_batches(plan) for i in batch]
+        ids = [t[0] for t in Plan.load(plan).tiles]
         done = 0
         lock = threading.Lock()
 

@@ -22,15 +22,10 @@ __all__ = ("score_tiles", "tile_batches")
 Progress = Callable[[int], None]
 
 
-def tile_batches(plan_path: PathLike, *, batch_size: int | None = None) -> list[list[int]]:
-    """Split the planned tile ids into batches (one scoring call or task each).
-
-    Args:
-        plan_path: Path returned by :func:`~microchange.pipeline.plan_detection`.
-        batch_size: Tiles per batch (default: the config's ``batch_tiles``).
-    """
+def tile_batches(plan_path: PathLike) -> list[list[int]]:
+    """The planned tile ids in batches of ``batch_tiles`` (one scoring task each)."""
     plan = Plan.load(plan_path)
-    size = batch_size or plan.config.batch_tiles
+    size = plan.config.batch_tiles
     ids = [t[0] for t in plan.tiles]
     return [ids[i:i + size] for i in range(0, len(ids), size)]
 

@@ -86,6 +86,44 @@ def _check_float(name: str, value: object, low: float, high: float, *, open_low:
 
 
 # --------------------------------------------------------------------------- public API
+def _grid_transform(crs: str, res: float, origin: tuple[float, float]) -> Affine:
+    """The north-up transform of the grid, after checking the CRS, pixel size and origin."""
+    res = _check_float("res", res, 0.0, 1e7, open_low=True)
+    if not isinstance(crs, str) or not crs.strip():
+        raise ConfigError(f"Invalid crs: {crs!r}. Must be a CRS string such as 'EPSG:32631'.")
+    try:
+        CRS.from_user_input(crs)
+    except (CRSError, ValueError) as exc:
+        raise ConfigError(
+            f"Invalid crs: {crs!r}. Must be a CRS string such as 'EPSG:32631' ({exc})."
+        ) from exc
+    if not (isinstance(origin, tuple | list) and len(origin) == 2):
+        raise ConfigError(f"Invalid origin: {origin!r}. Must be an (x, y) pair of numbers.")
+    ox = _check_float("origin[0]", origin[0], -1e9, 1e9, open_low=False)
+    oy = _check_float("origin[1]", origin[1], -1e9, 1e9, open_low=False)
+    return Affine(res, 0.0, ox, 0.0, -res, oy)
+
+
+def _shifted(ground: F32, shift: tuple[float, float]) -> F32:
+    """Every band shifted by ``shift`` (cubic spline), bands on a few threads (scipy frees the GIL)."""
+    after = np.empty_like(ground)
+
+    def _shift_band(b: int) -> None:
+        ndimage.shift(ground[b], shift, output=after[b], order=3, mode="reflect")
+
+    with ThreadPoolExecutor(max_workers=min(len(ground), os.cpu_count() or 1, 8)) as pool:
+        list(pool.map(_shift_band, range(len(ground))))
+    return after
+
+
+def _add_noise(stack: F32, rng: np.random.Generator, noise: float) -> None:
+    """Gaussian noise of std ``noise``, added band by band (small temporaries)."""
+    for b in range(stack.shape[0]):
+        draw = rng.standard_normal(stack.shape[1:], dtype=np.float32)
+        draw *= np.float32(noise)
+        stack[b] += draw
+
+
 def make_scene(
     *,
     height: int = 512,
@@ -129,21 +167,7 @@ def make_scene(
     n_changes = _check_int("n_changes", n_changes, 0, max_changes)
     shift_px = _check_float("shift_px", shift_px, 0.0, 3.0, open_low=False)
     noise = _check_float("noise", noise, 0.0, 0.2, open_low=False)
-    res = _check_float("res", res, 0.0, 1e7, open_low=True)
-    if not isinstance(crs, str) or not crs.strip():
-        raise ConfigError(f"Invalid crs: {crs!r}. Must be a CRS string such as 'EPSG:32631'.")
-    try:
-        CRS.from_user_input(crs)
-    except (CRSError, ValueError) as exc:
-        raise ConfigError(
-            f"Invalid crs: {crs!r}. Must be a CRS string such as 'EPSG:32631' ({exc})."
-        ) from exc
-    if not (isinstance(origin, tuple | list) and len(origin) == 2):
-        raise ConfigError(f"Invalid origin: {origin!r}. Must be an (x, y) pair of numbers.")
-    ox = _check_float("origin[0]", origin[0], -1e9, 1e9, open_low=False)
-    oy = _check_float("origin[1]", origin[1], -1e9, 1e9, open_low=False)
-    transform = Affine(res, 0.0, ox, 0.0, -res, oy)
-
+    transform = _grid_transform(crs, res, origin)
     rng_land, rng_nuisance, rng_change, rng_noise = np.random.default_rng(seed).spawn(4)
     ground = make_landscape(rng_land, height, width, bands)
 
@@ -152,27 +176,15 @@ def make_scene(
     gain = rng_nuisance.uniform(0.85, 1.15, bands).astype(np.float32)
     offset = rng_nuisance.uniform(-0.02, 0.02, bands).astype(np.float32)
 
-    after = np.empty_like(ground)
-    if shift_px > 0:  # bands are independent: shift them on a few threads (scipy frees the GIL)
-
-        def _shift_band(b: int) -> None:
-            ndimage.shift(ground[b], shift, output=after[b], order=3, mode="reflect")
-
-        with ThreadPoolExecutor(max_workers=min(bands, os.cpu_count() or 1, 8)) as pool:
-            list(pool.map(_shift_band, range(bands)))
-    else:
-        after[...] = ground
+    after = _shifted(ground, shift) if shift_px > 0 else ground.copy()
     truth, changes = implant_changes(
         rng_change, after, n_changes, max(noise, MIN_NOISE_REF), transform
     )
     after *= gain[:, None, None]
     after += offset[:, None, None]
-    if noise > 0:  # band by band, to keep temporaries small
+    if noise > 0:
         for stack in (ground, after):
-            for b in range(bands):
-                draw = rng_noise.standard_normal((height, width), dtype=np.float32)
-                draw *= np.float32(noise)
-                stack[b] += draw
+            _add_noise(stack, rng_noise, noise)
     return SyntheticScene(
         before=ground,
         after=after,

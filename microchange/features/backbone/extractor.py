@@ -304,7 +304,7 @@ class BackboneFeatures:
 
         Raises:
             ConfigError: If a block's halo is smaller than :attr:`halo`.
-            ValueError: If the sample holds no valid pixel.
+            NoOverlapError: If the sample holds no valid pixel.
         """
         short = [s.halo for s in samples if s.halo < self.halo]
         if short:
@@ -324,8 +324,12 @@ class BackboneFeatures:
         self._band_std = np.stack([sd for _, sd in stats])
         self._n_bands = int(self._band_mean.shape[1])
         self._ensure_bands(self._n_bands)
-        # feature statistics on an evenly spread subset of blocks, pixels subsampled
-        counts = np.array([int(v.sum()) for v in cores])
+        xb, xa = self._sample_features(samples, cores, self._subsample(cores))
+        self._fit_head(xb, xa)
+
+    def _subsample(self, cores: Sequence[NDArray[np.generic]]) -> dict[int, NDArray[np.int64]]:
+        """Block -> core pixels whose features fit the statistics: spread blocks, subsampled."""
+        counts = np.array([int(np.asarray(v).sum()) for v in cores])
         total = int(counts.sum())
         if total == 0:
             raise NoOverlapError("no valid pixel in the sample: the inputs hold only nodata")
@@ -341,6 +345,12 @@ class BackboneFeatures:
             pix = np.flatnonzero(cores[i])
             k = max(1, round(len(pix) * take_frac))
             chosen[i] = np.sort(rng.choice(pix, size=k, replace=False)) if k < len(pix) else pix
+        return chosen
+
+    def _sample_features(self, samples: Sequence[PairArrays],
+                         cores: Sequence[NDArray[np.generic]],
+                         chosen: dict[int, NDArray[np.int64]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, F) layer features of the chosen pixels at BEFORE and at AFTER."""
         fb: list[torch.Tensor] = []
         fa: list[torch.Tensor] = []
         keys = list(chosen)
@@ -356,12 +366,15 @@ class BackboneFeatures:
                 rows = pix // width + samples[chunk[0]].halo + lead
                 cols = pix % width + samples[chunk[0]].halo + lead
                 with self._compute():
-                    maps = self._ensure_bands(self._n_bands)(x)
+                    maps = self._ensure_bands(int(x.shape[1]))(x)
                     for date, dest in ((0, fb), (1, fa)):  # image 2b: before, 2b + 1: after
                         dest.append(torch.cat([sample_bilinear(
                             m, 2 * block_of + date, rows, cols, x.shape[-2] // m.shape[-2])
                             for m in maps]).T.cpu())  # (k, F)
-        xb, xa = torch.cat(fb), torch.cat(fa)  # (n, F) float64
+        return torch.cat(fb), torch.cat(fa)  # (n, F) float64
+
+    def _fit_head(self, xb: torch.Tensor, xa: torch.Tensor) -> None:
+        """Feature standardisation and the projection onto the change vectors' main axes."""
         both = torch.cat([xb, xa])
         mean_t = both.mean(dim=0)
         std_t = both.std(dim=0, correction=0)
