@@ -45,7 +45,7 @@ NO_PREPROCESS = {"coregister": False, "radiometric": "none", "log_transform": Fa
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's options: its own, then those of ``microchange detect``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="default,cva@otsu,pca-kmeans,learned",
+    parser.add_argument("--methods", default="default,cva@otsu,pca-kmeans",
                         help="comma-separated METHOD[+SCORER][@THRESHOLD] (e.g. "
                              "cva+mahalanobis, cva@otsu); 'default' is each family's default")
     parser.add_argument("--check", default="default",

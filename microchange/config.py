@@ -24,7 +24,6 @@ __all__ = (
     "BAND_NAME_PATTERN",
     "DEEP_FIELD_METHODS",
     "DEEP_METHODS",
-    "METHOD_SCORERS",
     "SCL_EXCLUDED",
     "SENSOR_DEFAULTS",
     "SENSOR_METHODS",
@@ -213,7 +212,7 @@ class DeepConfig(BaseModel):
         "train a network on the pair itself.")
     objective: Objective | None = Field(
         None, description="Unsupervised objective of 'learned': 'cross', 'cross-cal' or 'dae' "
-        "(default: the checkpoint's, else the sensor's: cross for optical, cross-cal for sar).")
+        "(default: the checkpoint's, else cross).")
     epochs: int = Field(30, ge=1, le=1000, description="Maximum training epochs of 'learned'.")
     patience: int = Field(
         3, ge=1, le=100, description="Training of 'learned' stops after this many epochs "
@@ -293,13 +292,11 @@ SENSOR_DEFAULTS: Final[dict[str, dict[str, dict[str, Any]]]] = {
 """Sensor family -> sub-config fields it sets unless they are given."""
 
 SENSOR_METHODS: Final[dict[str, tuple[Method, ScorerName | None]]] = {
-    "optical": ("cva", None),
-    "sar": ("cva", "density"),
+    "optical": ("learned", None),
+    "sar": ("learned", None),
 }
-"""Sensor family -> (method, scorer) used when no method is given (docs: *Methods*)."""
-
-METHOD_SCORERS: Final[dict[tuple[str, str], ScorerName]] = {("learned", "optical"): "hybrid"}
-"""(method, sensor family) -> scorer used when that method is given without a scorer."""
+"""Sensor family -> (method, scorer) used when no method is given (docs: *Methods*): the deep
+default, a CNN trained on the pair and PCA-KMeans clustering of its residuals, on both."""
 
 _EXCLUSIVE: Final = {"min_region_m2": "min_region_px"}
 """Given field -> default field it replaces when merging over the sensor's defaults."""
@@ -448,14 +445,11 @@ class DetectConfig(BaseModel):
     def resolved_method(self) -> tuple[Method, ScorerName | None]:
         """(method, scorer) in force: the given ones, else the sensor family's.
 
-        A method given without a scorer keeps its own scorer unless the sensor family has a
-        better one for it (:data:`METHOD_SCORERS`).
+        A method given without a scorer keeps its own scorer (None).
         """
         if self.method is None:
             method, scorer = SENSOR_METHODS[self.sensor]
             return method, self.scorer if self.scorer is not None else scorer
-        if self.scorer is None:
-            return self.method, METHOD_SCORERS.get((self.method, self.sensor))
         return self.method, self.scorer
 
 

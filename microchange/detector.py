@@ -195,7 +195,8 @@ def _learned(config: DetectConfig) -> Detector:
     from microchange.features.learned import learned_extractor  # torch only for this method
 
     return Detector("learned", Preprocessor(config.preprocess), learned_extractor(config),
-                    CvaScorer(), default_threshold="auto")
+                    PcaKMeansScorer(seed=config.seed, pixel_threshold="centroid"),
+                    default_threshold="value:0")
 
 
 METHODS: dict[Method, Callable[[DetectConfig], Detector]] = {

@@ -9,6 +9,7 @@ from microchange.detector import build_detector
 from microchange.errors import UnknownMethodError
 from microchange.evaluation import evaluate_mask
 from microchange.pipeline import run_detection
+from microchange.scoring.pca_kmeans import PcaKMeansScorer
 from microchange.synthetic import make_scene, write_scene
 
 SCORERS = ("distance", "mahalanobis", "density", "cluster")
@@ -93,7 +94,7 @@ def test_scorer_state_round_trip(planted_pair, tmp_path) -> None:
     from microchange.tiling import Tile
 
     before, after, _ = planted_pair
-    cfg = DetectConfig(scorer="density")
+    cfg = DetectConfig(method="cva", scorer="density")
     with PairReader(before, after) as pair:
         tile = pair.read_tile(Tile(0, 0, 0, 150, 170, halo=build_detector(cfg).halo))
     det = build_detector(cfg)
@@ -113,22 +114,21 @@ def test_unknown_scorer_is_rejected() -> None:
     assert "distance" in SCORERS and UnknownMethodError
 
 
-def test_sensor_defaults_are_the_measured_best_combinations() -> None:
+def test_the_default_of_every_sensor_is_the_deep_method() -> None:
     from microchange.detector import build_detector
 
-    assert build_detector(DetectConfig()).method == "cva"
-    assert build_detector(DetectConfig(sensor="sar")).method == "cva+density"
+    for sensor in ("optical", "sar"):
+        det = build_detector(DetectConfig(sensor=sensor))
+        assert det.method == "learned" and det.default_threshold == "value:0"
+        assert isinstance(det.scorer, PcaKMeansScorer) and det.extractor.objective == "cross"
     assert build_detector(DetectConfig(sensor="sar", method="cva")).method == "cva"
-    assert build_detector(DetectConfig(sensor="sar", scorer="cluster")).method == "cva+cluster"
+    assert build_detector(DetectConfig(sensor="sar", scorer="density")).method == "learned+density"
 
 
-def test_learned_takes_its_sensor_default_scorer_and_a_safe_threshold() -> None:
+def test_learned_keeps_cross_calibration_as_an_option() -> None:
     from microchange.detector import build_detector
 
-    optical = build_detector(DetectConfig(method="learned"))
-    assert optical.method == "learned+hybrid" and optical.default_threshold == "value:0"
-    sar = build_detector(DetectConfig(method="learned", sensor="sar"))
-    assert sar.method == "learned" and sar.default_threshold == "auto"
-    assert sar.extractor.objective == "cross-cal"
+    sar = build_detector(DetectConfig(method="learned", sensor="sar", deep={"objective": "cross-cal"}))
+    assert sar.method == "learned" and sar.extractor.objective == "cross-cal"
     explicit = build_detector(DetectConfig(method="learned", scorer="distance"))
     assert explicit.method == "learned+distance" and explicit.default_threshold == "auto"

@@ -81,7 +81,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 """Objective name -> architecture."""
 
-DEFAULT_OBJECTIVE: dict[str, str] = {"optical": "cross", "sar": "cross-cal"}
+DEFAULT_OBJECTIVE: dict[str, str] = {"optical": "cross", "sar": "cross"}
 """Sensor family -> objective used when ``DeepConfig.objective`` is None."""
 
 
