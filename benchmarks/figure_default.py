@@ -1,12 +1,12 @@
-"""The docs' picture of the deep default: a Sentinel-1 flood where classical thresholds fail.
+"""The docs' picture of the deep method: a Sentinel-1 flood where classical thresholds fail.
 
 Usage: ``.venv/bin/python benchmarks/figure_default.py [--pair ombria_0178]
 [--out benchmarks/figures/default.jpg]`` (needs ``../shared/data``).
 
-One shared pair, run three ways with the product's defaults for its sensor family: the deep
-default (``learned``: a CNN trained on the pair, PCA-KMeans clustering of its residuals),
-CVA with Otsu, and PCA-KMeans on the bands. The figure shows both dates, the truth, the deep
-default's score (> 0: nearer the changed centroid) and the three change masks with their F1.
+One shared pair, run three ways with its sensor family's options: the deep method
+(``learned``: a CNN trained on the pair, PCA-KMeans clustering of its residuals), CVA with Otsu,
+and PCA-KMeans on the bands. The figure shows both dates, the truth, the deep method's score
+(> 0: nearer the changed centroid) and the three change masks with their F1.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from microchange.evaluation import evaluate_run
 from microchange.evaluation.metrics import decode_truth
 from microchange.pipeline import run_detection
 
-RUNS = (("deep default", {}), ("CVA + Otsu", {"method": "cva", "threshold": "otsu"}),
+RUNS = (("learned", {"method": "learned"}), ("CVA + Otsu", {"method": "cva", "threshold": "otsu"}),
         ("PCA-KMeans", {"method": "pca-kmeans"}))
 
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 mask = ds.read(1) == 1
             if not panels[3:]:
                 with rasterio.open(out / "change_score.tif") as ds:
-                    panels.append((ds.read(1), "deep default: cluster margin"))
+                    panels.append((ds.read(1), "learned: cluster margin"))
             panels.append((mask, f"{label}: F1 {m['f1']:.2f}"))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
     for ax, (img, title) in zip(axes, panels, strict=True):

@@ -114,21 +114,23 @@ def test_unknown_scorer_is_rejected() -> None:
     assert "distance" in SCORERS and UnknownMethodError
 
 
-def test_the_default_of_every_sensor_is_the_deep_method() -> None:
+def test_sensor_defaults_and_the_deep_method() -> None:
     from microchange.detector import build_detector
 
+    assert build_detector(DetectConfig()).method == "cva"
+    assert build_detector(DetectConfig(sensor="sar")).method == "cva+density"
+    assert build_detector(DetectConfig(sensor="sar", scorer="cluster")).method == "cva+cluster"
     for sensor in ("optical", "sar"):
-        det = build_detector(DetectConfig(sensor=sensor))
+        det = build_detector(DetectConfig(sensor=sensor, method="learned"))
         assert det.method == "learned" and det.default_threshold == "value:0"
         assert isinstance(det.scorer, PcaKMeansScorer) and det.extractor.objective == "cross"
-    assert build_detector(DetectConfig(sensor="sar", method="cva")).method == "cva"
-    assert build_detector(DetectConfig(sensor="sar", scorer="density")).method == "learned+density"
 
 
 def test_learned_keeps_cross_calibration_as_an_option() -> None:
     from microchange.detector import build_detector
 
-    sar = build_detector(DetectConfig(method="learned", sensor="sar", deep={"objective": "cross-cal"}))
+    sar = build_detector(
+        DetectConfig(method="learned", sensor="sar", deep={"objective": "cross-cal"}))
     assert sar.method == "learned" and sar.extractor.objective == "cross-cal"
     explicit = build_detector(DetectConfig(method="learned", scorer="distance"))
     assert explicit.method == "learned+distance" and explicit.default_threshold == "auto"
