@@ -389,3 +389,23 @@ def test_calibration_is_skipped_without_enough_pixels() -> None:
     (_, bb), (aa, _) = _features(net, arch, b, a)
     torch.testing.assert_close(bb, b)  # scale 1: the inputs pass unchanged
     torch.testing.assert_close(aa, a)
+
+
+def test_trimming_leaves_out_a_change_too_large_for_the_null_model() -> None:
+    """A third of the pixels changed: the null model's bound alone would keep most of them."""
+    from scipy import ndimage
+
+    from microchange.features.learned.training import trim_likely_changes as _trimmed
+
+    rng = np.random.default_rng(0)
+    before = rng.normal(0, 1, (2, 160, 160)).astype(np.float32)
+    after = before + rng.normal(0, 1, before.shape).astype(np.float32)
+    field = ndimage.gaussian_filter(rng.normal(size=(160, 160)), 8)
+    changed = field > np.quantile(field, 0.65)
+    after[0][changed] += 2.0
+    (blocks, summary) = _trimmed([(before, after, np.ones((160, 160), bool))])
+    left_out = ~blocks[0][2]
+    magnitude = np.sqrt(np.square(after - before).sum(0))
+    assert (magnitude[changed] > summary["bound"]).mean() < 0.5  # the null bound alone
+    assert left_out[changed].mean() > 0.9
+    assert left_out[~changed].mean() < 0.05

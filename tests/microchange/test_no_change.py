@@ -49,7 +49,7 @@ def test_same_image_twice(quiet_scene, tmp_path, sensor) -> None:
 
 
 # the sensor's default, every scorer on the band features with its own default threshold, and
-# the 'learned' method with its defaults (distance + auto on optical, cluster on SAR)
+# the 'learned' method with its defaults (PCA-KMeans clustering of its residuals)
 SCORED = [(None, None), ("cva", None), ("pca-kmeans", None), ("cva", "mahalanobis"),
           ("cva", "density"), ("learned", None)]
 

@@ -208,3 +208,64 @@ def test_hybrid_keeps_a_single_pixel_change_that_the_neighbourhood_dilutes() -> 
     again = PcaKMeansScorer(pixel_threshold="auto")
     again.load_state(state)
     np.testing.assert_array_equal(again.score(blocks[0]), h)
+
+
+def test_centroid_pixel_test_keeps_a_single_pixel_as_strong_as_the_object() -> None:
+    """'centroid': a pixel whose own d reaches the changed centroid's level is changed."""
+    rng = np.random.default_rng(5)
+    blocks = []
+    for _ in range(4):
+        before = rng.normal(size=(2, 60, 60)).astype("float32")
+        after = before + 0.3 * rng.normal(size=(2, 60, 60)).astype("float32")
+        after[:, 10:30, 10:30] += 3.0
+        after[:, 45, 45] += 3.0
+        blocks.append(PairArrays(before, after, np.ones((60, 60), bool), 2))
+    cluster, centroid = PcaKMeansScorer(), PcaKMeansScorer(pixel_threshold="centroid")
+    cluster.fit(blocks)
+    centroid.fit(blocks)
+    c, p = cluster.score(blocks[0]), centroid.score(blocks[0])
+    assert c[45, 45] <= 0 < p[45, 45]
+    assert (p[35:44, 35:44] > 0).mean() == 0.0  # noise stays below the changed level
+    assert p[20, 20] > 0
+
+
+def _uneven_noise_pair(share: float, contrast: float,
+                       seed: int = 0) -> tuple[PairArrays, np.ndarray]:
+    """One band whose noise level varies smoothly over the scene (calm water, textured land),
+    plus a large changed area (``share`` of the pixels) of the given contrast."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    n = 160
+    scale = np.exp(16 * ndimage.gaussian_filter(rng.normal(size=(n, n)), 6))
+    before = rng.normal(0, 1, (1, n, n)).astype(np.float32)
+    after = (before + scale * rng.normal(0, 1, (1, n, n))).astype(np.float32)
+    field = ndimage.gaussian_filter(rng.normal(size=(n, n)), 8)
+    changed = field > np.quantile(field, 1 - share) if share else np.zeros((n, n), bool)
+    after[0][changed] += contrast
+    return PairArrays(before, after, np.ones((n, n), bool), 0), changed
+
+
+def test_a_large_change_is_evidence_by_its_spatial_coherence(monkeypatch) -> None:
+    """Over uneven noise, 40 % changed widens the null model: its test alone sees no change."""
+    from microchange.scoring import pca_kmeans
+
+    block, changed = _uneven_noise_pair(0.4, 5.0)
+    scorer = PcaKMeansScorer()
+    scorer.fit([block])
+    assert pca_kmeans.coherence(scorer._sample_vectors([block])) >= pca_kmeans.SPATIAL_EVIDENCE
+    assert _f1(scorer.score(block) > 0, changed) > 0.9
+    monkeypatch.setattr(pca_kmeans, "SPATIAL_EVIDENCE", 2.0)  # the null model's test alone
+    alone = PcaKMeansScorer()
+    alone.fit([block])
+    assert _f1(alone.score(block) > 0, changed) < 0.1
+
+
+def test_uneven_noise_alone_stays_below_the_coherence_bound() -> None:
+    """The same uneven noise without change: spatially varying noise raises the coherence
+    (0.40 here, 0.04 for even noise) but not to the bound."""
+    from microchange.scoring.pca_kmeans import SPATIAL_EVIDENCE, coherence
+
+    block, _ = _uneven_noise_pair(0.0, 0.0)
+    scorer = PcaKMeansScorer()
+    assert 0.2 < coherence(scorer._sample_vectors([block])) < SPATIAL_EVIDENCE

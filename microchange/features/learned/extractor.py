@@ -6,8 +6,8 @@ labels (:mod:`~microchange.features.learned.training`), or loaded from a checkpo
 ``microchange train``. Objectives: ``cross`` (cross-prediction: two residual regressors learn
 before -> after and after -> before; what they cannot predict is change), ``cross-cal`` (the same
 with residuals divided by a fitted per-pixel scale, :mod:`~microchange.features.learned.calibration`)
-and ``dae`` (a denoising autoencoder shared by both dates; deep CVA of its codes). Defaults:
-``cross`` for optical, ``cross-cal`` for SAR. Inference runs under bfloat16 autocast where the
+and ``dae`` (a denoising autoencoder shared by both dates; deep CVA of its codes). Default:
+``cross`` on every sensor family. Inference runs under bfloat16 autocast where the
 hardware has it (:func:`~microchange.features.devices.resolve_precision`); training always runs in
 float32. The docs page *Deep features* compares the objectives.
 """
@@ -320,7 +320,7 @@ def learned_extractor(config: DetectConfig) -> LearnedFeatures:
                               "`microchange train`")
         objective = str(trained)
     if objective is None:
-        objective = DEFAULT_OBJECTIVE[config.sensor]
+        objective = DEFAULT_OBJECTIVE
     return LearnedFeatures(objective=objective, device=deep.device, precision=deep.precision,
                            epochs=deep.epochs,
                            patience=deep.patience, seed=config.seed, checkpoint=ckpt,
