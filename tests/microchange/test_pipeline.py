@@ -143,6 +143,17 @@ def test_same_inputs_give_byte_identical_rasters(planted_pair, tmp_path) -> None
         assert (tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes()
 
 
+def test_learned_outputs_do_not_depend_on_the_cpu_count(planted_pair, tmp_path,
+                                                       monkeypatch) -> None:
+    """The network trained with 1 or 2 CPUs (a Dask worker, a laptop) gives identical rasters."""
+    before, after, _ = planted_pair
+    for n in ("1", "2"):
+        monkeypatch.setenv("OMP_NUM_THREADS", n)
+        run_detection(before, after, tmp_path / f"c{n}", DetectConfig(method="learned"))
+    for name in ("change_mask.tif", "change_score.tif"):
+        assert (tmp_path / "c1" / name).read_bytes() == (tmp_path / "c2" / name).read_bytes()
+
+
 def test_scoring_threads_do_not_change_outputs(planted_pair, tmp_path) -> None:
     """Tiles scored by 1 or 3 threads (batches taken in turn) give byte-identical rasters."""
     before, after, _ = planted_pair

@@ -114,16 +114,26 @@ def draw_patches(blocks: Sequence[Block], rng: np.random.Generator, n: int, size
 
 @contextmanager
 def deterministic(device: torch.device) -> Iterator[None]:
-    """Deterministic algorithms on the CPU for the duration of a block (restored after)."""
+    """Deterministic algorithms and one intra-op thread on the CPU for a block (restored after).
+
+    The sums of a convolution's backward pass are split over torch's threads, so their rounding,
+    and after a few hundred steps the trained weights, depend on the thread count: a run on two
+    cores and one in a Dask worker limited to one thread gave scores 1e-3 apart. Trained on one
+    thread, the weights are the same whatever the machine or runner (inference is
+    thread-count invariant); it costs ~2 s on a 1024 x 1024 pair on 2 cores.
+    """
     if device.type != "cpu":
         yield
         return
     prev = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
     try:
         yield
     finally:
+        torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(prev, warn_only=warn_only)
 
 
