@@ -292,12 +292,11 @@ SENSOR_DEFAULTS: Final[dict[str, dict[str, dict[str, Any]]]] = {
 """Sensor family -> sub-config fields it sets unless they are given."""
 
 SENSOR_METHODS: Final[dict[str, tuple[Method, ScorerName | None]]] = {
-    "optical": ("cva", None),
-    "sar": ("cva", "density"),
+    "optical": ("learned", None),
+    "sar": ("learned", None),
 }
-"""Sensor family -> (method, scorer) used when no method is given (docs: *Methods*). The deep
-method ``learned`` is more accurate on the benchmark pairs but is not the default yet: its
-outputs on a Dask cluster differ from a local run in the last digits (CHANGELOG)."""
+"""Sensor family -> (method, scorer) used when no method is given (docs: *The deep method*): a
+CNN trained on the pair and PCA-KMeans clustering of its residuals, on every family."""
 
 _EXCLUSIVE: Final = {"min_region_m2": "min_region_px"}
 """Given field -> default field it replaces when merging over the sensor's defaults."""

@@ -77,10 +77,10 @@ def test_concurrency_options_only_where_they_apply(tmp_path, capsys, args, messa
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--min-region-px", "4", "--min-region-m2", "100"], "are both given"),
-    (["--model", "x.ckpt"], "model='x.ckpt' applies to method 'learned', not 'cva'"),
+    (["--model", "x.ckpt", "--method", "cva"], "model='x.ckpt' applies to method 'learned', not 'cva'"),
     (["--weights", "w.pth", "--method", "learned"], "applies to method 'backbone', not 'learned'"),
     (["--epochs", "3", "--method", "backbone"], "applies to method 'learned', not 'backbone'"),
-    (["--device", "cpu"], "device='cpu' applies to method 'backbone' or 'learned', not 'cva'"),
+    (["--device", "cpu", "--method", "cva"], "device='cpu' applies to method 'backbone' or 'learned', not 'cva'"),
 ])
 def test_options_that_do_not_apply_are_errors(planted_pair, tmp_path, capsys, args,
                                               message) -> None:

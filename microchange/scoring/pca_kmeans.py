@@ -179,12 +179,14 @@ class PcaKMeansScorer:
         fit_pixels: Most neighbourhood vectors drawn from the global sample to fit PCA and
             k-means (bounds the fit's memory and time), >= 100.
         pixel_threshold: Threshold spec (e.g. 'auto') fitted on the difference magnitudes of
-            the same sample, or 'centroid' (the mean ``d`` of the changed centroid's
-            neighbourhood, only when the split shows evidence of change): a pixel whose own
-            magnitude exceeds it is changed whatever its neighbourhood's cluster (the score is
-            ``max(score, d - t)``). The 5 x 5 neighbourhood finds changes that are whole
-            objects but dilutes changes of a few pixels; the pixel test keeps those. None:
-            Celik's neighbourhood decision alone.
+            the same sample: a pixel whose own magnitude exceeds it is changed whatever its
+            neighbourhood's cluster (the score is ``max(score, d - t)``). The 5 x 5
+            neighbourhood finds changes that are whole objects but dilutes changes of a few
+            pixels; the pixel test keeps those. 'centroid' (only when the split shows evidence
+            of change): ``t`` is the mean ``d`` of the changed centroid's neighbourhood, and a
+            pixel of the changed cluster also needs its own ``d`` above the midpoint of the two
+            centroids' levels, which removes the one-pixel ring the neighbourhood adds around
+            every object. None: Celik's neighbourhood decision alone.
 
     Raises:
         ValueError: If an argument is out of range.
@@ -214,7 +216,7 @@ class PcaKMeansScorer:
         self.fit_pixels = fit_pixels
         self.significance = significance
         self.pixel_threshold = pixel_threshold
-        self._bound: float | None = None  # null bound of d, when the split has no evidence
+        self._floor: float | None = None  # a changed pixel's own d must exceed it
         self._pixel: float | None = None  # threshold of d alone (pixel_threshold)
         self._mean: NDArray[np.float64] | None = None  # (h*h,)
         self._axes: NDArray[np.float64] | None = None  # (S, h*h)
@@ -280,13 +282,14 @@ class PcaKMeansScorer:
         order = np.argsort(level, kind="stable")  # unchanged first, changed second
         self._mean, self._axes, self._explained = mean, axes, explained
         self._centroids = centres[order]
-        self._bound = None
+        self._floor = None
         if self.significance is not None:
-            self._bound = _no_evidence_bound(x, level[order], self.significance)
+            self._floor = _no_evidence_bound(x, level[order], self.significance)
         self._pixel = None
         if self.pixel_threshold == "centroid":
-            if self._bound is None:  # only where the split is change, not noise
+            if self._floor is None:  # only where the split is change, not noise
                 self._pixel = float(level[order][1])
+                self._floor = float(level.mean())
         elif self.pixel_threshold is not None:
             from microchange.scoring.thresholds import fit_threshold
 
@@ -318,8 +321,10 @@ class PcaKMeansScorer:
     def score(self, block: PairArrays) -> NDArray[np.float32]:
         """(H, W) float32 score, > 0 where the pixel is changed.
 
-        The margin ``||p - c_unchanged|| - ||p - c_changed||``, or ``min(margin, d - bound)`` when
-        the split showed no evidence of change.
+        The margin ``||p - c_unchanged|| - ||p - c_changed||``, or ``min(margin, d - floor)``
+        where the pixel's own ``d`` must exceed a floor (the null bound when the split showed no
+        evidence of change; the centroids' midpoint with the 'centroid' pixel test), then
+        ``max(., d - t)`` with a pixel threshold ``t``.
         """
         if self._centroids is None:
             raise NotFittedError("PcaKMeansScorer.score called before fit/load_state")
@@ -331,8 +336,8 @@ class PcaKMeansScorer:
                 sq += (proj[k] - c[k]) ** 2
             dist.append(np.sqrt(sq))
         margin = dist[0] - dist[1]
-        if self._bound is not None:
-            np.minimum(margin, d - self._bound, out=margin)
+        if self._floor is not None:
+            np.minimum(margin, d - self._floor, out=margin)
         if self._pixel is not None:
             np.maximum(margin, d - self._pixel, out=margin)
         return margin.astype(np.float32)
@@ -350,8 +355,8 @@ class PcaKMeansScorer:
             "centroids": self._centroids,
             "explained_variance_ratio": self._explained,
         }
-        if self._bound is not None:
-            state["significance_bound"] = np.array(self._bound, dtype=np.float64)
+        if self._floor is not None:
+            state["d_floor"] = np.array(self._floor, dtype=np.float64)
         if self._pixel is not None:
             state["pixel_threshold"] = np.array(self._pixel, dtype=np.float64)
         return state
@@ -372,6 +377,5 @@ class PcaKMeansScorer:
         self._axes = np.asarray(state["components"], dtype=np.float64)
         self._centroids = np.asarray(state["centroids"], dtype=np.float64)
         self._explained = np.asarray(state["explained_variance_ratio"], dtype=np.float64)
-        self._bound = (float(state["significance_bound"]) if "significance_bound" in state
-                       else None)
+        self._floor = float(state["d_floor"]) if "d_floor" in state else None
         self._pixel = float(state["pixel_threshold"]) if "pixel_threshold" in state else None

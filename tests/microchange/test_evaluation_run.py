@@ -229,7 +229,7 @@ def test_evaluate_run_on_a_detection_run(planted_pair, tmp_path) -> None:
     assert m["object_recall"]["by_size"]["lt25"] == {"recall": 1.0, "n_objects": 2,
                                                      "n_detected": 2}
     assert m["object_recall"]["by_size"]["25to100"]["n_objects"] == 1
-    assert m["threshold"]["method"] and m["threshold"]["value"] > 0
+    assert m["threshold"]["method"] == "value" and m["threshold"]["value"] == 0.0
 
 
 def test_evaluate_run_errors(hand_run, tmp_path) -> None:

@@ -66,7 +66,7 @@ def test_output_contract(planted_pair, tmp_path) -> None:
     assert geo["version"] == "1.1.0" and geo["columns"]["geometry"]["encoding"] == "WKB"
     assert geo["columns"]["geometry"]["crs"]["id"]["code"] == 32633
     run = json.loads((out / "run.json").read_text())
-    assert run["threshold"]["method"] == "auto" and run["threshold"]["detail"]["rule"] == "otsu"
+    assert run["threshold"]["method"] == "value" and run["threshold"]["value"] == 0.0
     assert run["counts"]["regions"] == 3
     assert run["inputs"]["before"]["files"][0]["sha256"]
     assert run["parameters"]["tile_size"] == 64

@@ -30,7 +30,7 @@ def scenes(tmp_path_factory):
 def test_each_scorer_finds_planted_changes(scenes, tmp_path, scorer, threshold, floor) -> None:
     paths, _ = scenes
     run_detection(paths["before"], paths["after"], tmp_path / "o",
-                  DetectConfig(scorer=scorer, threshold=threshold, tile_size=64))
+                  DetectConfig(method="cva", scorer=scorer, threshold=threshold, tile_size=64))
     m = evaluate_mask(tmp_path / "o" / "change_mask.tif", paths["truth"], changed_values=(1,))
     assert m["f1"] >= floor, m
 
@@ -42,7 +42,7 @@ def test_no_change_pair_is_quiet_with_the_false_alarm_threshold(scenes, tmp_path
                                                                 threshold) -> None:
     _, paths = scenes
     s = run_detection(paths["before"], paths["after"], tmp_path / "o",
-                      DetectConfig(scorer=scorer, threshold=threshold, tile_size=64))
+                      DetectConfig(method="cva", scorer=scorer, threshold=threshold, tile_size=64))
     assert s["counts"]["changed_fraction"] < 0.001
 
 
@@ -114,14 +114,13 @@ def test_unknown_scorer_is_rejected() -> None:
     assert "distance" in SCORERS and UnknownMethodError
 
 
-def test_sensor_defaults_and_the_deep_method() -> None:
+def test_the_default_of_every_sensor_is_the_deep_method() -> None:
     from microchange.detector import build_detector
 
-    assert build_detector(DetectConfig()).method == "cva"
-    assert build_detector(DetectConfig(sensor="sar")).method == "cva+density"
-    assert build_detector(DetectConfig(sensor="sar", scorer="cluster")).method == "cva+cluster"
+    assert build_detector(DetectConfig(sensor="sar", method="cva")).method == "cva"
+    assert build_detector(DetectConfig(sensor="sar", scorer="density")).method == "learned+density"
     for sensor in ("optical", "sar"):
-        det = build_detector(DetectConfig(sensor=sensor, method="learned"))
+        det = build_detector(DetectConfig(sensor=sensor))
         assert det.method == "learned" and det.default_threshold == "value:0"
         assert isinstance(det.scorer, PcaKMeansScorer) and det.extractor.objective == "cross"
 
