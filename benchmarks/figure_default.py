@@ -1,11 +1,11 @@
-"""The docs' picture of the deep method: a Sentinel-1 flood where classical thresholds fail.
+"""The docs' picture of the deep default: a Sentinel-1 flood where classical thresholds fail.
 
 Usage: ``.venv/bin/python benchmarks/figure_default.py [--pair ombria_0178]
 [--out benchmarks/figures/default.jpg]`` (needs ``../shared/data``).
 
-One shared pair, run three ways with its sensor family's options: the deep method
+One shared pair, run three ways with its sensor family's options: the deep default
 (``learned``: a CNN trained on the pair, PCA-KMeans clustering of its residuals), CVA with Otsu,
-and PCA-KMeans on the bands. The figure shows both dates, the truth, the deep method's score
+and PCA-KMeans on the bands. The figure shows both dates, the truth, the deep default's score
 (> 0: nearer the changed centroid) and the three change masks with their F1.
 """
 
@@ -27,7 +27,7 @@ from microchange.evaluation import evaluate_run
 from microchange.evaluation.metrics import decode_truth
 from microchange.pipeline import run_detection
 
-RUNS = (("learned", {"method": "learned"}), ("CVA + Otsu", {"method": "cva", "threshold": "otsu"}),
+RUNS = (("learned (default)", {}), ("CVA + Otsu", {"method": "cva", "threshold": "otsu"}),
         ("PCA-KMeans", {"method": "pca-kmeans"}))
 
 

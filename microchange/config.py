@@ -327,8 +327,8 @@ class DetectConfig(BaseModel):
     )
     method: Method | None = Field(
         None,
-        description="Change detection method; default: the sensor family's ('cva' for optical, "
-        "'cva' with the 'density' scorer for sar).",
+        description="Change detection method; default: the sensor family's ('learned': a CNN "
+        "trained on the pair and PCA-KMeans clustering of its residuals, on optical and sar).",
     )
     scorer: ScorerName | None = Field(
         None,
