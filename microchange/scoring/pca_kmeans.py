@@ -123,6 +123,13 @@ def difference_magnitude(block: PairArrays) -> NDArray[np.float64]:
     return np.sqrt(np.einsum("fhw,fhw->hw", diff, diff))  # type: ignore[no-any-return]
 
 
+PIXEL_FPR = 1e-6
+"""'centroid' pixel test: a pixel whose own ``d`` exceeds this false-alarm bound of the no-change
+null model (or the changed centroid's level, if lower) is changed."""
+SPILL_RATIO = 0.5
+"""'centroid' pixel test: a changed pixel's ``d`` is at least this share of the largest ``d`` in
+its 3 x 3 window; below it, the pixel only borders a change (smoothing and the CNN's receptive
+field spread an object's difference one pixel around it)."""
 SPATIAL_EVIDENCE = 0.55
 """Spatial coherence of ``d`` above which the split is taken as change (see :func:`coherence`)."""
 
@@ -183,10 +190,12 @@ class PcaKMeansScorer:
             neighbourhood's cluster (the score is ``max(score, d - t)``). The 5 x 5
             neighbourhood finds changes that are whole objects but dilutes changes of a few
             pixels; the pixel test keeps those. 'centroid' (only when the split shows evidence
-            of change): ``t`` is the mean ``d`` of the changed centroid's neighbourhood, and a
-            pixel of the changed cluster also needs its own ``d`` above the midpoint of the two
-            centroids' levels, which removes the one-pixel ring the neighbourhood adds around
-            every object. None: Celik's neighbourhood decision alone.
+            of change): ``t`` is the lower of the changed centroid's mean ``d`` and the null
+            model's :data:`PIXEL_FPR` bound; a pixel of the changed cluster also needs its own
+            ``d`` above the midpoint of the two centroids' levels; and any changed pixel needs
+            ``d`` >= :data:`SPILL_RATIO` x the largest ``d`` of its 3 x 3 window. The last two
+            remove the one-pixel ring that the neighbourhood, smoothing and a CNN's receptive
+            field add around every object. None: Celik's neighbourhood decision alone.
 
     Raises:
         ValueError: If an argument is out of range.
@@ -288,7 +297,10 @@ class PcaKMeansScorer:
         self._pixel = None
         if self.pixel_threshold == "centroid":
             if self._floor is None:  # only where the split is change, not noise
-                self._pixel = float(level[order][1])
+                from microchange.scoring.thresholds import fpr_threshold
+
+                bound = fpr_threshold(x[:, x.shape[1] // 2], PIXEL_FPR)
+                self._pixel = min(float(level[order][1]), bound)
                 self._floor = float(level.mean())
         elif self.pixel_threshold is not None:
             from microchange.scoring.thresholds import fit_threshold
@@ -324,10 +336,13 @@ class PcaKMeansScorer:
         The margin ``||p - c_unchanged|| - ||p - c_changed||``, or ``min(margin, d - floor)``
         where the pixel's own ``d`` must exceed a floor (the null bound when the split showed no
         evidence of change; the centroids' midpoint with the 'centroid' pixel test), then
-        ``max(., d - t)`` with a pixel threshold ``t``.
+        ``max(., d - t)`` with a pixel threshold ``t``, then (with 'centroid')
+        ``min(., d - SPILL_RATIO x max_3x3(d))``.
         """
         if self._centroids is None:
             raise NotFittedError("PcaKMeansScorer.score called before fit/load_state")
+        from scipy import ndimage
+
         proj, d = self._project(block)
         dist = []
         for c in self._centroids:
@@ -340,6 +355,10 @@ class PcaKMeansScorer:
             np.minimum(margin, d - self._floor, out=margin)
         if self._pixel is not None:
             np.maximum(margin, d - self._pixel, out=margin)
+        if self.pixel_threshold == "centroid" and self._pixel is not None:
+            # spill: a pixel below half the largest d of its 3 x 3 window borders a change
+            peak = ndimage.maximum_filter(d, 3, mode="nearest")
+            np.minimum(margin, d - SPILL_RATIO * peak, out=margin)
         return margin.astype(np.float32)
 
     # -- state -------------------------------------------------------------------------------
