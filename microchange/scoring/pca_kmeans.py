@@ -123,13 +123,6 @@ def difference_magnitude(block: PairArrays) -> NDArray[np.float64]:
     return np.sqrt(np.einsum("fhw,fhw->hw", diff, diff))  # type: ignore[no-any-return]
 
 
-PIXEL_FPR = 1e-6
-"""'centroid' pixel test: a pixel whose own ``d`` exceeds this false-alarm bound of the no-change
-null model (or the changed centroid's level, if lower) is changed."""
-SPILL_RATIO = 0.5
-"""'centroid' pixel test: a changed pixel's ``d`` is at least this share of the largest ``d`` in
-its 3 x 3 window; below it, the pixel only borders a change (smoothing and the CNN's receptive
-field spread an object's difference one pixel around it)."""
 SPATIAL_EVIDENCE = 0.55
 """Spatial coherence of ``d`` above which the split is taken as change (see :func:`coherence`)."""
 
@@ -190,12 +183,17 @@ class PcaKMeansScorer:
             neighbourhood's cluster (the score is ``max(score, d - t)``). The 5 x 5
             neighbourhood finds changes that are whole objects but dilutes changes of a few
             pixels; the pixel test keeps those. 'centroid' (only when the split shows evidence
-            of change): ``t`` is the lower of the changed centroid's mean ``d`` and the null
-            model's :data:`PIXEL_FPR` bound; a pixel of the changed cluster also needs its own
-            ``d`` above the midpoint of the two centroids' levels; and any changed pixel needs
-            ``d`` >= :data:`SPILL_RATIO` x the largest ``d`` of its 3 x 3 window. The last two
-            remove the one-pixel ring that the neighbourhood, smoothing and a CNN's receptive
-            field add around every object. None: Celik's neighbourhood decision alone.
+            of change): ``t`` is the changed centroid's mean ``d`` (or the null model's
+            ``pixel_fpr`` bound, if lower), and a pixel of the changed cluster also needs its
+            own ``d`` above the midpoint of the two centroids' levels, which removes the
+            one-pixel ring the neighbourhood adds around every object. None: Celik's
+            neighbourhood decision alone.
+        pixel_fpr: With 'centroid': false-alarm rate of the pixel test's null bound (None:
+            the centroid's level alone).
+        spill_ratio: With 'centroid' and evidence of change: a changed pixel's ``d`` must be at
+            least this share of the largest ``d`` in its 3 x 3 window; below it, the pixel only
+            borders a change (smoothing and a CNN's receptive field spread an object's
+            difference one pixel around it). None: no such test.
 
     Raises:
         ValueError: If an argument is out of range.
@@ -206,7 +204,8 @@ class PcaKMeansScorer:
     def __init__(
         self, block: int = 5, components: int = 3, seed: int = 0, *,
         significance: float | None = 1e-4, fit_pixels: int = 200_000,
-        pixel_threshold: str | None = None,
+        pixel_threshold: str | None = None, pixel_fpr: float | None = None,
+        spill_ratio: float | None = None,
     ) -> None:
         if block < 1 or block % 2 == 0:
             raise ConfigError(f"invalid block {block!r}: the neighbourhood side must be odd, >= 1")
@@ -225,6 +224,7 @@ class PcaKMeansScorer:
         self.fit_pixels = fit_pixels
         self.significance = significance
         self.pixel_threshold = pixel_threshold
+        self.pixel_fpr, self.spill_ratio = pixel_fpr, spill_ratio
         self._floor: float | None = None  # a changed pixel's own d must exceed it
         self._pixel: float | None = None  # threshold of d alone (pixel_threshold)
         self._mean: NDArray[np.float64] | None = None  # (h*h,)
@@ -297,10 +297,12 @@ class PcaKMeansScorer:
         self._pixel = None
         if self.pixel_threshold == "centroid":
             if self._floor is None:  # only where the split is change, not noise
-                from microchange.scoring.thresholds import fpr_threshold
+                self._pixel = float(level[order][1])
+                if self.pixel_fpr is not None:
+                    from microchange.scoring.thresholds import fpr_threshold
 
-                bound = fpr_threshold(x[:, x.shape[1] // 2], PIXEL_FPR)
-                self._pixel = min(float(level[order][1]), bound)
+                    bound = fpr_threshold(x[:, x.shape[1] // 2], self.pixel_fpr)
+                    self._pixel = min(self._pixel, bound)
                 self._floor = float(level.mean())
         elif self.pixel_threshold is not None:
             from microchange.scoring.thresholds import fit_threshold
@@ -336,8 +338,8 @@ class PcaKMeansScorer:
         The margin ``||p - c_unchanged|| - ||p - c_changed||``, or ``min(margin, d - floor)``
         where the pixel's own ``d`` must exceed a floor (the null bound when the split showed no
         evidence of change; the centroids' midpoint with the 'centroid' pixel test), then
-        ``max(., d - t)`` with a pixel threshold ``t``, then (with 'centroid')
-        ``min(., d - SPILL_RATIO x max_3x3(d))``.
+        ``max(., d - t)`` with a pixel threshold ``t``, then with ``spill_ratio``
+        ``min(., d - spill_ratio x max_3x3(d))``.
         """
         if self._centroids is None:
             raise NotFittedError("PcaKMeansScorer.score called before fit/load_state")
@@ -355,10 +357,10 @@ class PcaKMeansScorer:
             np.minimum(margin, d - self._floor, out=margin)
         if self._pixel is not None:
             np.maximum(margin, d - self._pixel, out=margin)
-        if self.pixel_threshold == "centroid" and self._pixel is not None:
-            # spill: a pixel below half the largest d of its 3 x 3 window borders a change
+        if self.spill_ratio is not None and self._pixel is not None:
+            # spill: a pixel well below the largest d of its 3 x 3 window borders a change
             peak = ndimage.maximum_filter(d, 3, mode="nearest")
-            np.minimum(margin, d - SPILL_RATIO * peak, out=margin)
+            np.minimum(margin, d - self.spill_ratio * peak, out=margin)
         return margin.astype(np.float32)
 
     # -- state -------------------------------------------------------------------------------
