@@ -29,9 +29,15 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.datasets import list_pairs, shared_data_root
 from benchmarks.results import write_result
-from benchmarks.selection import collapse_check, family_summary, leave_one_dataset_out
+from benchmarks.selection import (
+    collapse_check,
+    family_summary,
+    leave_one_dataset_out,
+    object_recall_by_dataset,
+)
 from microchange.cli.options import add_config_options, config_from_args
 from microchange.evaluation import evaluate_run
+from microchange.evaluation.metrics import SIZE_CLASSES
 from microchange.pipeline import run_detection
 
 COLUMNS = ("pair", "dataset", "family", "method", "precision", "recall", "f1", "kappa", "iou",
@@ -79,8 +85,10 @@ def _run_pair(args: argparse.Namespace, pair: Any, method: str, work: Path) -> d
     seconds = time.perf_counter() - t0
     m = evaluate_run(out, pair.truth, **pair.truth_kwargs())
     changed = m["tp"] + m["fn"]
+    objects = {f"{name}_{k}": m["object_recall"]["by_size"][name][f"n_{k}"]
+               for name, _, _ in SIZE_CLASSES for k in ("objects", "detected")}
     return {"pair": pair.name, "dataset": pair.dataset,
-            "family": pair.family, "method": method, **{k: m[k] for k in METRICS},
+            "family": pair.family, "method": method, **{k: m[k] for k in METRICS}, **objects,
             "changed_share": changed / m["n_labelled"] if m["n_labelled"] else 0.0,
             "seconds": seconds}
 
@@ -110,13 +118,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{s['family']:14s} {s['metric']}: in-sample {s['in_sample_choice']} "
               f"{s['in_sample_mean']:.3f}, leave-one-dataset-out {s['lodo_mean']:.3f} "
               f"(worst {s['lodo_worst']:.3f}, {s['lodo_worst_pair']})")
+    objects = object_recall_by_dataset(rows)
+    for o in objects:
+        print(f"objects {o['dataset']:26s} {o['method']:12s} " + " ".join(
+            f"{name} {o[name]}" for name, _, _ in SIZE_CLASSES))
     collapse = collapse_check(rows, args.check)
     for c in (c for c in collapse if not c["passes"]):
         print(f"collapse: {args.check} on {c['pair']}: F1 {c['f1']:.3f} < 0.7 x "
               f"{c['baseline']} {c['baseline_f1']:.3f}")
     work.mkdir(parents=True, exist_ok=True)
     with open(work / "accuracy.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     if not args.no_results:
@@ -135,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                          "F1 >= 0.15",
               "columns": ["pair", "family", "changed_share", "baseline", "baseline_f1", "f1",
                           "ratio", "passes"], "rows": collapse},
+             {"caption": "Objects found (any pixel detected) by size class and dataset: "
+                         "changes under 25 px, 25-100 px and over 100 px of the truth",
+              "columns": ["dataset", "method", "lt25", "25to100", "gt100"], "rows": objects},
              {"caption": "Per pair (best F1: the best single threshold, chosen with the truth)",
               "columns": list(COLUMNS), "rows": rows}],
             notes="One configuration per sensor family; nothing tuned per image.",

@@ -123,3 +123,30 @@ def collapse_check(rows: Sequence[dict[str, Any]], method: str) -> list[dict[str
                     "f1": f1, "ratio": f1 / base_f1,
                     "passes": f1 >= COLLAPSE_RATIO * base_f1})
     return out
+
+
+def object_recall_by_dataset(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Objects found / objects of the truth per dataset, method and size class.
+
+    Args:
+        rows: Per-pair rows with ``<class>_objects`` and ``<class>_detected`` counts.
+
+    Returns:
+        One row per (dataset, method): 'found/total (recall)' per size class, '-' where the
+        dataset has no object of that class.
+    """
+    from microchange.evaluation.metrics import SIZE_CLASSES
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["method"]), []).append(r)
+    out = []
+    for (dataset, method), group in groups.items():
+        row: dict[str, Any] = {"dataset": dataset, "method": method}
+        for name, _, _ in SIZE_CLASSES:
+            total = sum(r[f"{name}_objects"] for r in group)
+            found = sum(r[f"{name}_detected"] for r in group)
+            row[name] = f"{found}/{total} ({found / total:.2f})" if total else "-"
+        out.append(row)
+    return out
+
