@@ -1,16 +1,19 @@
 """Flow ``detect-changes``: one BEFORE/AFTER pair -> change mask, scores, tables, run.json."""
 
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect import Flow, flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from microchange.config import DetectConfig
+from microchange.errors import InputError
 from microchange.flows.runners import dask_task_runner
 from microchange.parallel import available_cpus
 from microchange.pipeline import discard_run, tile_batches
 from microchange.tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
+from microchange.tasks.publish import publish_run_summary
 
 
 @flow(name="detect-changes", log_prints=True,
@@ -22,12 +25,15 @@ def detect_changes(
     after: str,
     out: str,
     config: DetectConfig | None = None,
+    area: str | None = None,
 ) -> dict[str, Any]:
     """Detect small changes between two rasters of the same place.
 
     Writes change_mask.tif and change_score.tif (COGs on BEFORE's grid), tiles.parquet and
     changes.parquet (GeoParquet) and run.json into ``out``. Outputs of an earlier run in ``out``
-    are replaced only when every new output is complete.
+    are replaced only when every new output is complete. A run interrupted before (killed,
+    crashed) with the same inputs and parameters is resumed: its fit and finished tiles are
+    reused. The run page shows a summary of what was found, with a quicklook.
 
     Args:
         before: Path of the raster at t0 (GeoTIFF/COG, ENVI, PNG...); defines the output grid.
@@ -36,6 +42,8 @@ def detect_changes(
         config: Detection parameters (method, sensor family, threshold, tile size, bands,
             preprocessing...); fields left out take the sensor family's defaults, and no
             config at all runs the optical defaults.
+        area: Name of the area of interest: the key of the run's summary artifact, so that the
+            Artifacts page shows the history of an area (default: the output folder's name).
 
     Returns:
         Summary with output paths, counts, the threshold and timings.
@@ -48,10 +56,13 @@ def detect_changes(
         scored = score_tiles.map(unmapped(plan), batches)
         scored.result()
         summary: dict[str, Any] = finalise_outputs(plan, started)
-    except BaseException:
+    except InputError:  # bad input: nothing to resume; any other failure keeps the staging
         discard_run(plan)
         raise
-    print(f"outputs in {summary['out']}: {summary['counts']}")
+    summary["artifact"] = publish_run_summary(summary["out"], area or Path(out).resolve().name)
+    c = summary["counts"]
+    print(f"{c['changed_px']:,} changed px ({100 * c['changed_fraction']:.3f} %), "
+          f"{c['regions']:,} regions; outputs in {summary['out']}")
     return summary
 
 

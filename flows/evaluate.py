@@ -6,6 +6,7 @@ from typing import Any
 from prefect import flow
 
 from microchange.tasks.evaluate import evaluate_run, write_report
+from microchange.tasks.publish import publish_report_link
 from microchange.types import METRICS_NAME
 
 _SUMMARY_KEYS = ("precision", "recall", "f1", "iou", "oa", "kappa", "pr_auc", "roc_auc",
@@ -22,6 +23,7 @@ def evaluate_changes(
     unchanged_values: list[int] | None = None,
     truth_threshold: float | None = None,
     report: bool = True,
+    area: str | None = None,
 ) -> dict[str, Any]:
     """Score a detection run against a ground truth and write metrics.json and report.html.
 
@@ -41,6 +43,8 @@ def evaluate_changes(
         truth_threshold: If set, truth pixels greater than this value are changed and all
             others unchanged (for lossy JPEG masks), instead of changed_values.
         report: Write report.html and its figures.
+        area: Name of the area of interest: the key of the report's link artifact (default:
+            the run folder's name).
 
     Returns:
         The headline metrics (precision, recall, f1, iou, oa, kappa, pr_auc, roc_auc, the
@@ -52,6 +56,8 @@ def evaluate_changes(
     summary = {key: metrics[key] for key in _SUMMARY_KEYS if key in metrics}
     summary["metrics"] = str(Path(out) / METRICS_NAME)
     summary["report"] = written
+    if written is not None:
+        publish_report_link(written, area or Path(out).resolve().name)
     print(f"precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}, "
           f"F1 {metrics['f1']:.3f}; report: {written}")
     return summary

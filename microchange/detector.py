@@ -157,8 +157,11 @@ class Detector:
                 arrays[f"{prefix}/{key}"] = np.asarray(value)
         meta = {"method": self.method, "preprocess": self.preprocess.cfg.model_dump()}
         arrays["meta"] = np.array(json.dumps(meta))
-        with open(path, "wb") as fh:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)  # type: ignore[arg-type]
+        tmp.replace(path)  # a run killed while saving leaves no half-written state
 
     def load_state(self, path: str | Path) -> None:
         """Restore the fitted state written by :meth:`save` into this detector."""

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import platform
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ from typing import Any
 from microchange.errors import InputNotFoundError
 from microchange.types import CHANGE_MASK, CHANGE_SCORE, RUN_MANIFEST, PathLike
 
-__all__ = ("file_fingerprint", "library_versions", "read_json", "read_run_manifest",
-           "run_rasters", "write_json_atomic", "write_text_atomic")
+__all__ = ("code_version", "file_fingerprint", "library_versions", "read_json",
+           "read_run_manifest", "run_fingerprint", "run_rasters", "write_json_atomic",
+           "write_text_atomic")
 
 log = logging.getLogger("microchange")
 
@@ -46,7 +48,41 @@ def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     with p.open("rb") as fh:
         while chunk := fh.read(_HASH_CHUNK):
             digest.update(chunk)
-    return {"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": digest.hexdigest()}
+    st = p.stat()
+    return {"path": str(p.resolve()), "bytes": st.st_size, "mtime": int(st.st_mtime),
+            "sha256": digest.hexdigest()}
+
+
+@cache
+def code_version() -> str:
+    """The version of microchange and a digest of its source files (what shaped outputs).
+
+    A run's staging state is reused only by the same code: a changed source file (an edited
+    install, another commit) gives another version.
+    """
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    try:
+        version = metadata.version("microchange")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+        version = "0+unknown"
+    return f"{version}+{digest.hexdigest()[:12]}"
+
+
+def run_fingerprint(document: Any) -> str:
+    """A stable digest of what determines a run's outputs (inputs, parameters, code version).
+
+    Args:
+        document: JSON-serialisable description of the run; key order does not matter.
+
+    Returns:
+        16 hex digits: the run id, and the name of the run's staging folder.
+    """
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def library_versions() -> dict[str, str]:

@@ -19,9 +19,9 @@ from numpy.typing import NDArray
 
 from microchange.errors import MicrochangeError
 from microchange.io.cog import assemble_cog, read_part, write_part
-from microchange.io.manifest import library_versions, write_json_atomic
+from microchange.io.manifest import code_version, library_versions, write_json_atomic
 from microchange.parallel import available_cpus, ordered_map
-from microchange.pipeline.records import FitRecord, Plan, TileStats
+from microchange.pipeline.records import FitRecord, Plan, ResumeRecord, TileStats
 from microchange.pipeline.tables import write_changes_table, write_tiles_table
 from microchange.scoring.regions import Regions, extract_regions, remove_small_regions
 from microchange.tiling import Tile
@@ -31,13 +31,33 @@ from microchange.types import (
     CHANGES_TABLE,
     OUTPUT_NAMES,
     RUN_MANIFEST,
-    STAGING_DIR,
     TILES_TABLE,
     MaskValue,
     PathLike,
 )
 
-__all__ = ("finalise_detection",)
+__all__ = ("finalise_detection", "remove_staging")
+
+STALE_STAGING_S = 7 * 24 * 3600
+"""Staging folders of other runs untouched for this long are removed by a finished run."""
+
+
+def remove_staging(staging: Path) -> None:
+    """Remove a run's staging folder, stale ones of other runs, and the root once empty."""
+    shutil.rmtree(staging, ignore_errors=True)
+    root = staging.parent
+    now = time.time()
+    for other in root.glob("*"):
+        try:
+            stale = now - other.stat().st_mtime > STALE_STAGING_S
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(other, ignore_errors=True)
+    try:
+        root.rmdir()
+    except OSError:
+        pass
 
 
 def _nan_to_none(value: float) -> float | None:
@@ -49,7 +69,7 @@ def _remove_small(plan: Plan, stats: dict[int, TileStats]) -> int:
     grid = plan.output_grid
 
     def rewrite(tile: Tile, mask: NDArray[np.uint8]) -> None:
-        write_part(plan.part("mask", tile.tile_id), mask, grid, tile,
+        write_part(plan.part("kept", tile.tile_id), mask, grid, tile,
                    nodata=int(MaskValue.NODATA))
         s = stats[tile.tile_id]
         n_changed = int((mask == MaskValue.CHANGED).sum())
@@ -63,6 +83,18 @@ def _remove_small(plan: Plan, stats: dict[int, TileStats]) -> int:
         rewrite, grid, min_px=plan.min_region_px)
 
 
+def _mask_part(plan: Plan, tile_id: int) -> Path:
+    """The tile's final mask: after the minimum mapping unit if it removed a region there."""
+    kept = plan.part("kept", tile_id)
+    return kept if kept.exists() else plan.part("mask", tile_id)
+
+
+def _clear_kept(plan: Plan) -> None:
+    """Remove ``kept`` parts left by an interrupted finish (they are made again from masks)."""
+    for path in (plan.staging / "parts").glob("kept_*"):
+        path.unlink(missing_ok=True)
+
+
 def _write_cogs(plan: Plan, tmp: dict[str, Path]) -> None:
     """Mosaic the part files into the two COGs (side by side: GDAL releases the GIL)."""
     tiles = plan.tile_list()
@@ -71,8 +103,9 @@ def _write_cogs(plan: Plan, tmp: dict[str, Path]) -> None:
         name, dtype, nodata, resampling = (
             (CHANGE_MASK, "uint8", int(MaskValue.NODATA), "nearest") if kind == "mask"
             else (CHANGE_SCORE, "float32", math.nan, "average"))
-        assemble_cog([(t, plan.part(kind, t.tile_id)) for t in tiles],  # type: ignore[arg-type]
-                     plan.output_grid, tmp[name], dtype=dtype, nodata=nodata,
+        parts = [(t, _mask_part(plan, t.tile_id) if kind == "mask"
+                  else plan.part("score", t.tile_id)) for t in tiles]
+        assemble_cog(parts, plan.output_grid, tmp[name], dtype=dtype, nodata=nodata,
                      resampling=resampling)
 
     ordered_map(cog, ["mask", "score"], available_cpus())
@@ -81,7 +114,7 @@ def _write_cogs(plan: Plan, tmp: dict[str, Path]) -> None:
 def _regions(plan: Plan) -> Regions:
     return extract_regions(
         plan.tile_list(),
-        lambda t: (read_part(plan.part("mask", t.tile_id)),  # type: ignore[arg-type,return-value]
+        lambda t: (read_part(_mask_part(plan, t.tile_id)),  # type: ignore[arg-type,return-value]
                    read_part(plan.part("score", t.tile_id))),
         plan.output_grid)
 
@@ -100,6 +133,14 @@ def _counts(plan: Plan, stats: list[TileStats], regions: Regions, removed: int) 
         "tiles_changed": sum(1 for s in stats if s.n_changed > 0),
         "removed_by_min_region_px": removed,
     }
+
+
+def _resumed(plan: Plan) -> dict[str, Any]:
+    """What this run reused of an interrupted run with the same id (run.json ``resume``)."""
+    if not plan.resume_path.exists():
+        return {"attempt": 1, "fit_reused": False, "tiles_reused": 0}
+    record: ResumeRecord = ResumeRecord.load(plan.resume_path)
+    return record.model_dump()
 
 
 def _manifest(plan: Plan, fit: FitRecord, counts: dict[str, Any],
@@ -131,7 +172,8 @@ def _manifest(plan: Plan, fit: FitRecord, counts: dict[str, Any],
         "sample": fit.sample,
         "counts": counts,
         "timings": timings,
-        "versions": library_versions(),
+        "resume": _resumed(plan),
+        "versions": {**library_versions(), "code": code_version()},
         "outputs": {name: name for name in OUTPUT_NAMES},
     }
 
@@ -161,6 +203,7 @@ def finalise_detection(plan_path: PathLike, *, started: float | None = None) -> 
     tmp = {name: out / f".{name}.{plan.run_id}.tmp" for name in OUTPUT_NAMES}
     try:
         stats = {i: TileStats.load(plan.part("tile", i)) for i in ids}
+        _clear_kept(plan)
         removed = _remove_small(plan, stats)
         _write_cogs(plan, tmp)
         t_cog = time.perf_counter()
@@ -182,11 +225,7 @@ def finalise_detection(plan_path: PathLike, *, started: float | None = None) -> 
         for path in tmp.values():
             path.unlink(missing_ok=True)
         raise
-    shutil.rmtree(plan.staging, ignore_errors=True)
-    try:
-        (out / STAGING_DIR).rmdir()
-    except OSError:
-        pass
+    remove_staging(plan.staging)
     return {"out": str(out), "run_id": plan.run_id, "counts": counts,
             "threshold": fit.threshold.model_dump(mode="json"), "timings": timings,
             "outputs": {n: str(out / n) for n in OUTPUT_NAMES}}

@@ -73,18 +73,21 @@ def fit_detection(plan_path: PathLike, *, client: Any = None) -> str:
 
     Returns:
         Path of the fitted detector state (``model.npz``); the threshold is in ``fit.json``.
+        A run that resumes an interrupted one whose fit was finished reuses it.
 
     Raises:
         NoOverlapError: If the sample holds no valid pixel (the inputs are all nodata).
     """
     t0 = time.perf_counter()
     plan = Plan.load(plan_path)
+    model = plan.staging / "model.npz"
+    if plan.fit_path.exists():  # written after model.npz: the fit of this run id is complete
+        return str(model)
     detector = build_detector(plan.config)
     blocks, samples, where = _load_sample(plan, detector.halo, client)
     scores = detector.fit(samples)
     del samples
     threshold = fit_threshold(plan.config.threshold or detector.default_threshold, scores)
-    model = plan.staging / "model.npz"
     detector.save(model)
     q = np.quantile(scores, [0.5, 0.9, 0.99, 0.999]) if scores.size else [math.nan] * 4
     FitRecord(

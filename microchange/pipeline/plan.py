@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -15,10 +14,10 @@ from typing import Any
 from microchange.config import DetectConfig, PostprocessConfig
 from microchange.detector import build_detector
 from microchange.errors import InputError, OutputError
-from microchange.io.manifest import file_fingerprint
+from microchange.io.manifest import code_version, file_fingerprint, run_fingerprint
 from microchange.io.pair import PairReader
 from microchange.io.vrt import BandSource
-from microchange.pipeline.records import GridRecord, Plan
+from microchange.pipeline.records import GridRecord, Plan, ResumeRecord
 from microchange.preprocess.alignment import estimate_coregistration
 from microchange.tiling import plan_tiles
 from microchange.types import STAGING_DIR, PathLike
@@ -57,15 +56,52 @@ def _min_region_px(post: PostprocessConfig, pixel_area: float, before: PathLike)
     return max(1, math.ceil(post.min_region_m2 / pixel_area))
 
 
+def _run_key(config: DetectConfig, inputs: dict[str, Any], bands: Sequence[int]) -> str:
+    """The run id: a digest of the input checksums, the parameters and the code version.
+
+    The same inputs and parameters give the same id, so a run started again after a crash finds
+    the staging folder of the interrupted one and reuses what it finished.
+    """
+    def files(role: str) -> list[Any]:
+        info = inputs[role]
+        return [[f["sha256"], f["bytes"]] for f in info["files"]] + [info.get("bands")]
+
+    masks = {k: v["sha256"] for k, v in inputs.get("masks", {}).items()}
+    return run_fingerprint({"paths": [inputs["before"]["path"], inputs["after"]["path"]],
+                            "before": files("before"), "after": files("after"), "masks": masks,
+                            "bands": list(bands), "config": config.model_dump(mode="json"),
+                            "code": code_version()})
+
+
 def _staging(out_dir: Path, run_id: str) -> Path:
-    """Create the staging folder of a run."""
+    """Create the staging folder of a run (or find that of an interrupted one)."""
     staging = out_dir / STAGING_DIR / run_id
     try:
-        (staging / "parts").mkdir(parents=True)
+        (staging / "parts").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create output folder {str(out_dir)!r} ({exc}): choose a "
                           "writable --out") from exc
     return staging
+
+
+def _resume(path: Path) -> str | None:
+    """The plan of an interrupted run with the same id, if one is there and readable.
+
+    Records how much of it was done (``resume.json``), for run.json and the logs.
+    """
+    try:
+        plan = Plan.load(path)
+    except (OSError, ValueError):
+        return None  # no plan yet, or a damaged one: plan again
+    done = sum(1 for t in plan.tiles if plan.part("tile", t[0]).exists())
+    fitted = plan.fit_path.exists()
+    previous = ResumeRecord.load(plan.resume_path) if plan.resume_path.exists() else None
+    ResumeRecord(attempt=(previous.attempt if previous else 1) + 1, fit_reused=fitted,
+                 tiles_reused=done).save(plan.resume_path)
+    log.info("resuming run %s: %s, %d of %d tiles already scored", plan.run_id,
+             "detector already fitted" if fitted else "detector not fitted yet", done,
+             len(plan.tiles))
+    return str(path)
 
 
 def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: DetectConfig) -> str:
@@ -109,8 +145,10 @@ def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: Det
     min_region_px = _min_region_px(post, pixel_area, before)
     halo = detector.halo + post.halo
     tiles = plan_tiles(grid.height, grid.width, tile_size=config.tile_size, halo=halo)
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+    run_id = _run_key(config, inputs, bands)
     staging = _staging(out_dir, run_id)
+    if (resumed := _resume(staging / "plan.json")) is not None:
+        return resumed
     plan = Plan(
         run_id=run_id, created=datetime.now(UTC).isoformat(timespec="seconds"),
         before=str(Path(before).resolve()), after=str(Path(after).resolve()),

@@ -20,9 +20,9 @@ from microchange.preprocess.alignment import CoregistrationRecord
 from microchange.tiling import Tile
 from microchange.types import Grid, PathLike
 
-__all__ = ("FitRecord", "GridRecord", "Plan", "ThresholdRecord", "TileStats")
+__all__ = ("FitRecord", "GridRecord", "Plan", "ResumeRecord", "ThresholdRecord", "TileStats")
 
-PartKind = Literal["score", "mask", "tile"]
+PartKind = Literal["score", "mask", "kept", "tile"]
 
 
 class _Record(BaseModel):
@@ -113,7 +113,11 @@ class Plan(_Record):
         return det
 
     def part(self, kind: PartKind, tile_id: int) -> Path:
-        """Part file of one tile: its score or mask core (GeoTIFF) or its statistics (JSON)."""
+        """Part file of one tile: its score or mask core (GeoTIFF) or its statistics (JSON).
+
+        ``kept`` is the mask after the minimum mapping unit (written at the end, only for tiles
+        that lost a region); ``mask`` is never rewritten, so finishing again gives the same.
+        """
         suffix = "json" if kind == "tile" else "tif"
         return self.staging / "parts" / f"{kind}_{tile_id:06d}.{suffix}"
 
@@ -121,6 +125,19 @@ class Plan(_Record):
     def fit_path(self) -> Path:
         """``fit.json`` of this run."""
         return self.staging / "fit.json"
+
+    @property
+    def resume_path(self) -> Path:
+        """``resume.json``: present when this run resumed an interrupted one."""
+        return self.staging / "resume.json"
+
+
+class ResumeRecord(_Record):
+    """What a run found done by an interrupted run with the same inputs and parameters."""
+
+    attempt: int
+    fit_reused: bool
+    tiles_reused: int
 
 
 class ThresholdRecord(_Record):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from microchange.config import DetectConfig
+from microchange.errors import InputError
 from microchange.parallel import available_cpus
 from microchange.pipeline.finalise import finalise_detection
 from microchange.pipeline.fit import fit_detection
@@ -31,6 +32,9 @@ def run_detection(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run every stage in this process (the flow ``detect-changes`` runs the same stages).
+
+    A run interrupted earlier (killed, crashed) with the same inputs and parameters is resumed:
+    its fitted detector and finished tiles are reused and the outputs are the same.
 
     Args:
         before: Raster at t0; defines the output grid.
@@ -60,13 +64,17 @@ def run_detection(
 
         score_tiles(plan, ids, threads=threads or available_cpus(), progress=_tick)
         return finalise_detection(plan, started=started)
-    except BaseException:
+    except InputError:
         discard_run(plan)
         raise
 
 
 def discard_run(plan_path: PathLike) -> None:
-    """Remove the staging folder of a failed run (final outputs are never touched)."""
+    """Remove the staging folder of a run that failed on bad input (nothing worth resuming).
+
+    Any other failure (a crash, a kill, a full disk) keeps the staging folder: the next run with
+    the same inputs and parameters resumes from it. Final outputs are never touched.
+    """
     staging = Path(plan_path).parent
     shutil.rmtree(staging, ignore_errors=True)
     try:

@@ -39,6 +39,25 @@ def test_flow_and_cli_give_identical_outputs(prefect_harness, planted_pair, tmp_
         assert _table(tmp_path / "flow" / name) == _table(tmp_path / "cli" / name)
     for name in ("change_mask.tif", "change_score.tif"):
         assert (tmp_path / "flow" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()
+    # the run page shows what was found, under the area's stable key
+    assert summary["artifact"] == "changes-flow"
+    (artifact,) = _artifacts("changes-flow")
+    assert "| Changed area | 7,400 m² (74 px) |" in artifact.data  # 9 + 64 + 1 px of 100 m²
+    assert "data:image/jpeg;base64," in artifact.data
+
+
+def _artifacts(key: str) -> list:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read() -> list:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+    return asyncio.run(read())
 
 
 def test_flow_parameters_are_documented_for_the_ui() -> None:
@@ -46,7 +65,7 @@ def test_flow_parameters_are_documented_for_the_ui() -> None:
 
     schema = detect_changes.parameters
     props = schema.properties
-    assert set(props) == {"before", "after", "out", "config"}
+    assert set(props) == {"before", "after", "out", "config", "area"}
     assert "t0" in props["before"]["description"]
     config_def = schema.definitions["DetectConfig"]["properties"]
     assert all(field.get("description") for field in config_def.values())

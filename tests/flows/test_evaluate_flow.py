@@ -27,6 +27,22 @@ def test_evaluate_flow(prefect_harness, planted_pair, tmp_path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["tp"] == truth.sum() and metrics["roc_auc"] == 1.0
     assert "data:image/png;base64," in (out / "report.html").read_text()
+    assert _link("report-out") == f"[report of out]({(out / 'report.html').as_uri()})"
+
+
+def _link(key: str) -> str:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read() -> list:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+    (artifact,) = asyncio.run(read())
+    return artifact.data
 
 
 def test_evaluate_flow_parameters_are_documented_for_the_ui() -> None:
@@ -34,6 +50,6 @@ def test_evaluate_flow_parameters_are_documented_for_the_ui() -> None:
 
     props = evaluate_changes.parameters.properties
     assert set(props) == {"out", "truth", "changed_values", "ignore_values", "unchanged_values",
-                          "truth_threshold", "report"}
+                          "truth_threshold", "report", "area"}
     assert all(p.get("description") for p in props.values())
     assert props["changed_values"]["default"] == [255]
