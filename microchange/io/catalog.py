@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, time
@@ -19,7 +18,6 @@ from typing import Any, Final, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pystac
 import shapely
 import yaml
@@ -191,16 +189,6 @@ _SUMMARY_SCHEMA: Final = pa.schema([
 ])
 
 
-def _drop_nan_bbox(path: Path) -> None:
-    """Remove the NaN ``bbox`` that the GeoParquet writer records when no row has a geometry."""
-    table = pq.read_table(path)
-    meta = dict(table.schema.metadata or {})
-    geo = json.loads(meta[b"geo"])
-    geo["columns"]["geometry"].pop("bbox", None)
-    meta[b"geo"] = json.dumps(geo).encode()
-    pq.write_table(table.replace_schema_metadata(meta), path, compression="zstd")
-
-
 def write_catalog_summary(path: PathLike, rows: Sequence[PairResult]) -> Path:
     """Write the summary of a catalog run: a GeoParquet file, one row per pair.
 
@@ -223,11 +211,7 @@ def write_catalog_summary(path: PathLike, rows: Sequence[PairResult]) -> Path:
     geometries = [shapely.geometry.shape(r.footprint) if r.footprint else None for r in rows]
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        with warnings.catch_warnings():  # all-null geometries: numpy warns on the bbox
-            warnings.simplefilter("ignore", RuntimeWarning)
-            write_geoparquet(tmp, columns, geometries, _LONLAT.to_wkt(), schema=_SUMMARY_SCHEMA)
-        if rows and all(g is None for g in geometries):
-            _drop_nan_bbox(tmp)
+        write_geoparquet(tmp, columns, geometries, _LONLAT.to_wkt(), schema=_SUMMARY_SCHEMA)
         tmp.replace(target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -20,9 +20,10 @@ __all__ = ("write_geoparquet",)
 
 
 def _geo_metadata(geoms: Sequence[Any], crs_wkt: str | None) -> dict[str, Any]:
-    types = sorted({g.geom_type for g in geoms if g is not None and not g.is_empty})
-    if geoms:
-        arr = np.asarray(shapely.bounds(np.asarray(geoms, dtype=object)))
+    present = [g for g in geoms if g is not None and not g.is_empty]
+    types = sorted({g.geom_type for g in present})
+    if present:  # null geometries (e.g. a failed pair of a catalog) have no bounds
+        arr = np.asarray(shapely.bounds(np.asarray(present, dtype=object)))
         bbox = [
             float(np.nanmin(arr[:, 0])),
             float(np.nanmin(arr[:, 1])),

@@ -1,18 +1,13 @@
-"""A catalog of areas of interest watched over time: areas, their acquisitions, their pairs.
+"""Catalog files: areas of interest, their dated acquisitions and their pairs, validated.
 
 :func:`load_catalog` reads a small YAML/JSON catalog or a STAC ItemCollection; a broken entry is
-reported in :attr:`CatalogLoad.errors` and the other areas still load. :func:`catalog_pairs`
-gives the date pairs of an area, each with its output folder ``<area>/<before>_<after>``, and
-:func:`pair_is_complete` tells whether a pair's folder already holds the outputs of a finished
-detection with the same inputs and parameters. The summary and STAC writers live in
-:mod:`microchange.io.catalog` and are re-exported here.
+reported in :attr:`CatalogLoad.errors` and the other areas still load.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import itertools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,22 +17,11 @@ import pystac
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from microchange.errors import InputError
-from microchange.io.catalog import (
-    PairResult,
-    PairStatus,
-    footprint_lonlat,
-    pair_result_from_run,
-    read_catalog_document,
-    write_catalog_summary,
-    write_stac_catalog,
-)
-from microchange.io.manifest import read_run_manifest
-from microchange.types import OUTPUT_NAMES, PathLike
+from microchange.io.catalog import read_catalog_document
+from microchange.types import PathLike
 
-__all__ = ("AREA_NAME_PATTERN", "Acquisition", "Area", "CatalogLoad", "EntryError", "PairResult",
-           "PairSpec", "PairStatus", "catalog_pairs", "footprint_lonlat", "is_remote",
-           "load_catalog", "pair_folder", "pair_is_complete", "pair_result",
-           "write_catalog_summary", "write_stac_catalog")
+__all__ = ("AREA_NAME_PATTERN", "Acquisition", "Area", "CatalogLoad", "EntryError", "PairSpec",
+           "is_remote", "load_catalog", "pair_folder")
 
 AREA_NAME_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 """An area name becomes a folder name: letters, digits, ``_``, ``.``, ``-``."""
@@ -419,66 +403,3 @@ def load_catalog(path: PathLike) -> CatalogLoad:
         else:
             areas.append(built)
     return CatalogLoad(path=str(file), areas=_unique(areas, errors), errors=errors)
-
-
-def catalog_pairs(area: Area) -> list[PairSpec]:
-    """The pairs of an area: those listed, else each acquisition with the previous one by date."""
-    by_date = {a.date: a for a in area.acquisitions}
-    dates = sorted(by_date)
-    pairs = area.pairs if area.pairs is not None else tuple(itertools.pairwise(dates))
-    return [PairSpec(area=area.name, before=by_date[b], after=by_date[a],
-                     config=dict(area.config)) for b, a in pairs]
-
-
-def _file_matches(record: Mapping[str, Any]) -> bool:
-    """A file recorded in run.json still on disk with the same size (and mtime if recorded)."""
-    path = str(record["path"])
-    if is_remote(path):
-        return True  # remote: the path alone identifies it
-    st = Path(path).stat()
-    if st.st_size != int(record["bytes"]):
-        return False
-    mtime = record.get("mtime")
-    return mtime is None or abs(st.st_mtime - float(mtime)) < 1.0
-
-
-def _input_matches(given: str, record: Mapping[str, Any]) -> bool:
-    """An input of the catalog is the one run.json recorded, and its files are unchanged."""
-    files = record["files"]
-    recorded = {record.get("path"), *(str(f["path"]) for f in files)}
-    names = {given, str(Path(given).resolve())} if is_remote(given) else {
-        str(Path(given).resolve())}
-    return bool(files) and bool(names & recorded) and all(_file_matches(f) for f in files)
-
-
-def pair_is_complete(out_dir: PathLike, before: str, after: str,
-                     parameters: Mapping[str, Any]) -> bool:
-    """True when ``out_dir`` holds a finished detection of ``before``/``after`` with ``parameters``.
-
-    All five outputs must be there, run.json's ``parameters`` equal ``parameters`` (pass
-    ``DetectConfig.model_dump(mode="json")``) and the input files it recorded still match
-    those on disk by resolved path and size (and mtime when recorded; /vsi paths and URLs by
-    path only). Anything missing or unreadable gives False.
-    """
-    folder = Path(out_dir)
-    if not all((folder / name).is_file() for name in OUTPUT_NAMES):
-        return False
-    run = read_run_manifest(folder)
-    if not run or run.get("parameters") != dict(parameters):
-        return False
-    try:
-        inputs = run["inputs"]
-        masks = inputs.get("masks") or {}
-        return (_input_matches(before, inputs["before"]) and _input_matches(after, inputs["after"])
-                and all(_file_matches(m) for m in masks.values()))
-    except (KeyError, TypeError, ValueError, AttributeError, OSError):
-        return False
-
-
-def pair_result(pair: PairSpec, out_root: PathLike, status: PairStatus, *, seconds: float = 0.0,
-                error: str | None = None, flow_run: str | None = None) -> PairResult:
-    """The :class:`PairResult` of ``pair`` from its folder under ``out_root`` (its run.json)."""
-    return pair_result_from_run(
-        Path(out_root) / pair.folder, area=pair.area, before_date=pair.before.date,
-        after_date=pair.after.date, before=pair.before.path, after=pair.after.path,
-        status=status, seconds=seconds, error=error, flow_run=flow_run)
