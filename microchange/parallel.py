@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
 __all__ = ("DaskBlocks", "LocalBlocks", "SampleBlocks", "SampleStatistic", "SwitchedStatistic",
-           "available_cpus", "cluster_client", "ordered_map")
+           "available_cpus", "cluster_client", "ordered_map", "usable_cores")
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -162,6 +162,14 @@ def available_cpus() -> int:
     env = os.environ.get("OMP_NUM_THREADS")
     if env and env.isdigit() and int(env) > 0:
         return int(env)
+    return usable_cores()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), whatever OMP_NUM_THREADS says.
+
+    The budget of a cluster started on this machine: workers x threads <= usable_cores().
+    """
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -9,16 +10,20 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from microchange.config import Precision, choices
+from microchange.config import DEEP_METHODS, DetectConfig, Precision, choices
 from microchange.errors import ConfigError
 from microchange.parallel import available_cpus
 
-__all__ = ("PRECISIONS", "autocast", "available_cpus", "cpu_threads", "native_bf16_cpu",
-           "resolve_device", "resolve_precision", "seeded", "sharing_cpus")
+__all__ = ("PRECISIONS", "autocast", "available_cpus", "cpu_threads", "cuda_available",
+           "may_use_cuda", "native_bf16_cpu", "resolve_device", "resolve_precision",
+           "runs_on_cuda", "seeded", "sharing_cpus")
 
 PRECISIONS = choices(Precision)
 """Names accepted by ``DeepConfig.precision``."""
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+_GPU_DEVICE_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd",
+                     "/dev/dxg")
+"""Linux device files of a GPU driver (NVIDIA, ROCm, WSL): without any, torch finds no GPU."""
 
 _local = threading.local()
 _SEEDED = threading.Lock()
@@ -70,6 +75,38 @@ def sharing_cpus(workers: int) -> Iterator[None]:
         _local.workers = saved[0]
         if torch is not None and saved[1] is not None:
             torch.set_num_threads(saved[1])
+
+
+def _gpu_driver_present() -> bool:
+    """Whether this machine may have a GPU for torch (cheap: no torch import on Linux)."""
+    if not sys.platform.startswith("linux"):
+        return True  # no cheap test: ask torch
+    return any(Path(p).exists() for p in _GPU_DEVICE_FILES)
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA (or ROCm) device here.
+
+    torch is imported only when it is loaded already or a GPU driver is present, so that a
+    process that never runs a network (CVA, a flow's parent process) does not pay for it.
+    """
+    if "torch" not in sys.modules and not _gpu_driver_present():
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def may_use_cuda(config: DetectConfig) -> bool:
+    """Whether the detection runs a network that may run on CUDA (device 'auto' or 'cuda')."""
+    return config.resolved_method()[0] in DEEP_METHODS and config.deep.device != "cpu"
+
+
+def runs_on_cuda(config: DetectConfig) -> bool:
+    """Whether the detection's network runs on CUDA in this process (see resolve_device)."""
+    if not may_use_cuda(config):
+        return False
+    return config.deep.device.startswith("cuda") or cuda_available()
 
 
 def resolve_device(name: str) -> Any:
