@@ -9,7 +9,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from microchange.config import DetectConfig
 from microchange.errors import InputError
-from microchange.flows.runners import dask_task_runner
+from microchange.flows.runners import dask_task_runner, gpu_annotation
 from microchange.parallel import available_cpus
 from microchange.pipeline import discard_run, tile_batches
 from microchange.tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
@@ -49,11 +49,15 @@ def detect_changes(
         Summary with output paths, counts, the threshold and timings.
     """
     started = time.time()
-    plan = plan_tiles(before, after, out, config or DetectConfig())
+    config = config or DetectConfig()
+    plan = plan_tiles(before, after, out, config)
     try:
-        fit_on_sample.submit(plan).result()  # on a Dask worker: the fit uses the cluster
+        with gpu_annotation(config):  # deep tasks hold a worker's GPU, one task at a time
+            fitted = fit_on_sample.submit(plan)  # on a Dask worker: the fit uses the cluster
+        fitted.result()
         batches = tile_batches(plan)
-        scored = score_tiles.map(unmapped(plan), batches)
+        with gpu_annotation(config):
+            scored = score_tiles.map(unmapped(plan), batches)
         scored.result()
         summary: dict[str, Any] = finalise_outputs(plan, started)
     except InputError:  # bad input: nothing to resume; any other failure keeps the staging

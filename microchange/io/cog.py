@@ -9,6 +9,8 @@ the caller renames when every output is complete.
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -53,7 +55,8 @@ def write_part(
     if tile.height >= 16 and tile.width >= 16:
         bs = 256 if min(tile.height, tile.width) >= 256 else 16
         profile.update(tiled=True, blockxsize=bs, blockysize=bs)
-    tmp = path.with_name(path.name + ".tmp")
+    # unique per process: a worker declared lost while still alive may write the same tile
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with rasterio.Env(GDAL_NUM_THREADS="1"), rasterio.open(tmp, "w", **profile) as dst:
         dst.write(array, 1)
     tmp.replace(path)

@@ -29,7 +29,7 @@ def test_a_tile_killed_while_writing_its_mask_is_scored_again(planted_pair, tmp_
 
     def dies_mid_write(path: Path, *args, **kwargs) -> None:
         if path.name == f"mask_{victim:06d}.tif":
-            path.with_name(path.name + ".tmp").write_bytes(b"II*\x00" + b"\x00" * 50)
+            path.with_name(f".{path.name}.999.1.tmp").write_bytes(b"II*\x00" + b"\x00" * 50)
             raise Died
         real(path, *args, **kwargs)
 
