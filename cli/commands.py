@@ -119,7 +119,13 @@ def _run_detection(args: argparse.Namespace, config: DetectConfig, before: str, 
             task_runner=ThreadPoolTaskRunner(max_workers=args.threads))
     else:
         flow = detect_changes
-    result: dict[str, Any] = flow(before=before, after=after, out=out, config=config)
+    if args.runner == "dask":  # the workers use this process's API, not one each
+        from microchange.flows.runners import shared_prefect_api
+
+        with shared_prefect_api():
+            result: dict[str, Any] = flow(before=before, after=after, out=out, config=config)
+        return result
+    result = flow(before=before, after=after, out=out, config=config)
     return result
 
 

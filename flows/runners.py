@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import dask
@@ -232,3 +233,28 @@ def _flow_dask_client() -> Any:
 
     runner = getattr(FlowRunContext.get(), "task_runner", None)
     return runner.client if isinstance(runner, DaskTaskRunner) else None
+
+
+@contextmanager
+def shared_prefect_api() -> Iterator[None]:
+    """One temporary Prefect API for this process and its Dask workers when none is configured.
+
+    Without ``PREFECT_API_URL``, Prefect starts a temporary API server in every process that
+    needs one: each Dask worker would start its own (3-4 s each, and task runs recorded in
+    throw-away databases). Within the block the flow and its workers share this process's.
+    With ``PREFECT_API_URL`` set it does nothing.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+                                            "90")))
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        yield
+    # the server stops at exit (registered by start), after the last logs reached it
+
