@@ -10,9 +10,10 @@ from microchange import pipeline
 from microchange.config import DetectConfig
 from microchange.features.devices import sharing_cpus
 from microchange.parallel import available_cpus, cluster_client
+from microchange.tasks.retry import IO_RETRIES
 
 
-@task(name="plan-tiles", retries=2, retry_delay_seconds=2)
+@task(name="plan-tiles", **IO_RETRIES)
 def plan_tiles(before: str, after: str, out: str, config: DetectConfig) -> str:
     """Check the inputs and plan the tile grid. See microchange.pipeline.plan_detection."""
     return pipeline.plan_detection(before, after, out, config)
@@ -28,7 +29,7 @@ def fit_on_sample(plan: str) -> str:
         return pipeline.fit_detection(plan, client=client)
 
 
-@task(name="score-tiles", retries=1, retry_delay_seconds=2)
+@task(name="score-tiles", **IO_RETRIES)
 def score_tiles(plan: str, tile_ids: list[int]) -> list[int]:
     """Score and write one batch of tiles. See microchange.pipeline.score_tiles.
 
@@ -38,7 +39,7 @@ def score_tiles(plan: str, tile_ids: list[int]) -> list[int]:
         return pipeline.score_tiles(plan, tile_ids)
 
 
-@task(name="finalise-outputs", retries=1, retry_delay_seconds=2)
+@task(name="finalise-outputs", **IO_RETRIES)
 def finalise_outputs(plan: str, started: float) -> dict[str, Any]:
     """Assemble COGs, tables and run.json. See microchange.pipeline.finalise_detection."""
     return pipeline.finalise_detection(plan, started=started)

@@ -7,9 +7,10 @@ from typing import Any
 from prefect import task
 
 from microchange import evaluation
+from microchange.tasks.retry import IO_RETRIES
 
 
-@task(name="evaluate-run", retries=1, retry_delay_seconds=2)
+@task(name="evaluate-run", **IO_RETRIES)
 def evaluate_run(
     out: str,
     truth: str,
@@ -29,7 +30,7 @@ def evaluate_run(
     )
 
 
-@task(name="write-report", retries=1, retry_delay_seconds=2)
+@task(name="write-report", **IO_RETRIES)
 def write_report(out: str, metrics: dict[str, Any] | None) -> str:
     """Write report.html and its figures. See microchange.evaluation.write_report."""
     return str(evaluation.write_report(out, metrics))

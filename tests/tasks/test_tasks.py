@@ -18,3 +18,39 @@ def test_tasks_run_the_core_stages_without_an_api(planted_pair, tmp_path) -> Non
     summary = finalise_outputs.fn(plan, 0.0)
     assert summary["counts"]["changed_px"] == truth.sum()
     assert summary["counts"]["tiles"] == 6
+
+
+def test_io_tasks_retry_with_backoff_but_not_on_bad_input(prefect_harness, tmp_path) -> None:
+    """A missing input fails at once; a transient error is tried again after a delay."""
+    import time
+
+    from prefect import flow, task
+
+    from microchange.errors import InputNotFoundError
+    from microchange.tasks.detect import plan_tiles
+    from microchange.tasks.retry import IO_RETRIES
+
+    assert plan_tiles.retries == 3 and plan_tiles.retry_delay_seconds == [2, 4, 8]
+    calls = {"bad": 0, "flaky": 0}
+
+    @task(**{**IO_RETRIES, "retry_delay_seconds": [0.1, 0.2, 0.4]})
+    def bad() -> None:
+        calls["bad"] += 1
+        raise InputNotFoundError("'x.tif' does not exist: check the path")
+
+    @task(**{**IO_RETRIES, "retry_delay_seconds": [0.1, 0.2, 0.4]})
+    def flaky() -> int:
+        calls["flaky"] += 1
+        if calls["flaky"] < 3:
+            raise OSError("NFS hiccup")
+        return calls["flaky"]
+
+    @flow
+    def both() -> int:
+        state = bad(return_state=True)
+        assert state.is_failed()
+        return flaky()
+
+    t0 = time.monotonic()
+    assert both() == 3
+    assert calls == {"bad": 1, "flaky": 3} and time.monotonic() - t0 >= 0.3
