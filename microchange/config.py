@@ -19,6 +19,7 @@ from typing import Any, Final, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from microchange.errors import ConfigError
+from microchange.types import is_remote
 
 __all__ = (
     "BAND_NAME_PATTERN",
@@ -265,11 +266,16 @@ class MaskConfig(BaseModel):
     @field_validator("before_mask", "after_mask", "before_classes", "after_classes")
     @classmethod
     def _absolute(cls, value: str | None) -> str | None:
-        """Paths become absolute, so that every stage (in any process) reads the same file."""
+        """Paths become absolute, so that every stage (in any process) reads the same file.
+
+        A /vsi path or URL is kept as given.
+        """
         if value is None:
             return None
         if not value.strip():
             raise ValueError("mask path is empty: give a raster file, or leave it unset")
+        if is_remote(value):
+            return value
         return str(Path(value).expanduser().absolute())
 
     @property

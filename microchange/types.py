@@ -6,6 +6,7 @@ A leaf module: it imports nothing from microchange, so any layer may use it.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Final, TypeAlias
@@ -33,10 +34,23 @@ __all__ = (
     "PairArrays",
     "PathLike",
     "State",
+    "is_remote",
 )
 
 PathLike: TypeAlias = str | os.PathLike[str]
 """A file system path."""
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_remote(path: PathLike) -> bool:
+    """True for GDAL virtual file systems (``/vsicurl/...``, ``/vsis3/...``) and URLs.
+
+    Such a path goes to GDAL as given: never resolved, ``stat``-ed or opened with ``open()``.
+    """
+    text = os.fspath(path)
+    return text.startswith("/vsi") or bool(_URI.match(text))
+
 
 State: TypeAlias = dict[str, NDArray[np.generic]]
 """Fitted parameters of a stage as named arrays (saved to ``.npz`` without pickle)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,14 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from microchange.errors import InputError
 from microchange.io.catalog import read_catalog_document
-from microchange.types import PathLike
+from microchange.types import PathLike, is_remote
 
 __all__ = ("AREA_NAME_PATTERN", "Acquisition", "Area", "CatalogLoad", "EntryError", "PairSpec",
            "is_remote", "load_catalog", "pair_folder")
 
 AREA_NAME_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 """An area name becomes a folder name: letters, digits, ``_``, ``.``, ``-``."""
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _AREA_KEYS: Final = ("name", "acquisitions", "pairs", "config")
 _ACQ_KEYS: Final = ("date", "path")
 _CONFIG: Final = ConfigDict(frozen=True, extra="forbid")
@@ -123,17 +123,15 @@ class PairSpec(BaseModel):
         return self
 
 
-def is_remote(path: str) -> bool:
-    """True for GDAL virtual file systems (``/vsi...``) and URLs."""
-    return path.startswith("/vsi") or bool(_URI.match(path))
-
-
 def _resolve(path: str, folder: Path) -> str:
-    """A local path made absolute against ``folder``; /vsi paths and URLs as given."""
+    """A local path made absolute against ``folder``; /vsi paths and URLs as given.
+
+    Symbolic links are not followed: ``../x`` is relative to the folder the catalog is seen in.
+    """
     if is_remote(path):
         return path
     p = Path(path).expanduser()
-    return str((p if p.is_absolute() else folder / p).resolve())
+    return os.path.normpath(p if p.is_absolute() else folder / p)
 
 
 def _as_date(value: Any) -> dt.date:
@@ -377,7 +375,7 @@ def load_catalog(path: PathLike) -> CatalogLoad:
     Raises:
         InputError: If the file is missing, not YAML/JSON, neither form, or lists no areas.
     """
-    file = Path(path).resolve()
+    file = Path(os.path.abspath(Path(path).expanduser()))
     doc = read_catalog_document(file)
     folder = file.parent
     if isinstance(doc, Mapping) and doc.get("type") == "FeatureCollection":

@@ -6,8 +6,11 @@ folders), :mod:`microchange.io.masks` and :mod:`microchange.io.pair` build on it
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -20,16 +23,21 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from microchange.errors import InputNotFoundError, RasterReadError
-from microchange.types import PathLike
+from microchange.types import PathLike, is_remote
 
-__all__ = ("FORMATS_HINT", "GDAL_CACHE_MB", "BlockCache", "Closing", "is_georeferenced",
-           "open_raster", "read_valid")
+__all__ = ("FORMATS_HINT", "GDAL_CACHE_MB", "BlockCache", "Closing", "content_digest",
+           "input_path", "is_georeferenced", "is_remote", "open_raster", "read_valid")
 
 GDAL_CACHE_MB = 256
 """Cap of GDAL's block cache while windows are read, in MiB (its default, 5 % of RAM, would grow
 the memory of a run with the raster size)."""
 
 FORMATS_HINT = "give a GDAL-readable raster (GeoTIFF/COG, ENVI with its .hdr, PNG, BMP, JPEG ...)"
+
+
+def input_path(path: PathLike) -> str:
+    """An input as recorded (plan, run.json): a local file absolute, a /vsi path or URL as given."""
+    return str(path) if is_remote(path) else str(Path(path).resolve())
 
 
 class Closing:
@@ -139,11 +147,56 @@ class BlockCache:
         return entry
 
 
+_DIGEST_WINDOW_BYTES = 16 << 20
+
+
+def _digest_windows(ds: Any) -> Iterator[Window]:
+    """Windows of whole blocks covering a dataset, each of at most ~16 MiB of pixels."""
+    bh, bw = ds.block_shapes[0]
+    px = sum(np.dtype(d).itemsize for d in ds.dtypes)
+    cols = min(ds.width, max(bw, _DIGEST_WINDOW_BYTES // (bh * px) // bw * bw))
+    rows = min(ds.height, max(bh, _DIGEST_WINDOW_BYTES // (cols * px) // bh * bh))
+    for r in range(0, ds.height, rows):
+        for c in range(0, ds.width, cols):
+            yield Window(c, r, min(cols, ds.width - c), min(rows, ds.height - r))
+
+
+def content_digest(ds: Any) -> str:
+    """SHA-256 of what GDAL reads from a dataset: its grid, data types, nodata and every pixel.
+
+    The fingerprint of a file that cannot be read as raw bytes (a /vsi path or URL: GDAL, as
+    rasterio exposes it, reads datasets, not bytes). Pixels are read window by window (memory
+    stays flat); internal or sidecar masks are included.
+
+    Args:
+        ds: Open rasterio dataset.
+
+    Returns:
+        64 hex digits; the same for the same content, whatever the server or the URL.
+    """
+    digest = hashlib.sha256(json.dumps({
+        "width": ds.width, "height": ds.height, "count": ds.count, "dtypes": list(ds.dtypes),
+        "crs": ds.crs.to_wkt() if ds.crs else None, "transform": list(ds.transform)[:6],
+        "nodata": [repr(v) for v in ds.nodatavals],
+        "masks": [sorted(f.name for f in flags) for flags in ds.mask_flag_enums],
+    }, sort_keys=True).encode())
+    per_dataset = any(MaskFlags.per_dataset in flags for flags in ds.mask_flag_enums)
+    one_read = len(set(ds.dtypes)) == 1
+    for window in _digest_windows(ds):
+        blocks = [ds.read(window=window)] if one_read else [
+            ds.read(b, window=window) for b in ds.indexes]
+        if per_dataset:
+            blocks.append(ds.read_masks(1, window=window))
+        for block in blocks:
+            digest.update(np.ascontiguousarray(block).tobytes())
+    return digest.hexdigest()
+
+
 def open_raster(path: PathLike, *, role: str = "raster") -> Any:
     """Open a raster with rasterio, turning failures into a clear :class:`RasterReadError`.
 
     Args:
-        path: File to open.
+        path: File to open, or a GDAL /vsi path or URL (handed to GDAL unchanged).
         role: Name used in messages ('BEFORE', 'AFTER', 'truth').
 
     Returns:
@@ -152,10 +205,11 @@ def open_raster(path: PathLike, *, role: str = "raster") -> Any:
     Raises:
         RasterReadError: If the file is missing or GDAL cannot read it.
     """
-    p = Path(path)
-    if not p.exists():
+    remote = is_remote(path)
+    p = str(path) if remote else Path(path)
+    if not remote and not Path(p).exists():
         raise InputNotFoundError(f"{role} raster {str(path)!r} does not exist: check the path")
-    if p.is_dir():
+    if not remote and Path(p).is_dir():
         raise RasterReadError(
             f"{role} raster {str(path)!r} is a directory: {FORMATS_HINT}"
         )
@@ -164,6 +218,20 @@ def open_raster(path: PathLike, *, role: str = "raster") -> Any:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(p)
     except RasterioIOError as exc:
+        if remote:
+            raise _remote_error(path, role, exc) from exc
         raise RasterReadError(
             f"cannot read {role} raster {str(path)!r} ({exc}): {FORMATS_HINT}"
         ) from exc
+
+
+def _remote_error(path: PathLike, role: str, exc: Exception) -> RasterReadError:
+    """The error for a /vsi path or URL that GDAL cannot open (missing or unreadable)."""
+    text = str(exc)
+    if "404" in text or "does not exist" in text or "No such file" in text:
+        return InputNotFoundError(
+            f"{role} raster {str(path)!r} was not found ({text}): check the URL or /vsi path "
+            "(e.g. /vsicurl/https://host/path/image.tif)")
+    return RasterReadError(
+        f"cannot read {role} raster {str(path)!r} ({text}): check that the URL or /vsi path is "
+        f"reachable (the server must answer HTTP range requests) and {FORMATS_HINT}")

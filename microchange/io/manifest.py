@@ -12,7 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from microchange.errors import InputNotFoundError
+from microchange.errors import InputNotFoundError, RasterReadError
+from microchange.io.datasets import content_digest, is_remote, open_raster
 from microchange.types import CHANGE_MASK, CHANGE_SCORE, RUN_MANIFEST, PathLike
 
 __all__ = ("code_version", "file_fingerprint", "library_versions", "read_json",
@@ -42,7 +43,16 @@ def read_json(path: Path) -> Any:
 
 
 def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Path, size and SHA-256 of one file (read in 8 MiB chunks)."""
+    """Path, size and SHA-256 of one file (read in 8 MiB chunks); see below for /vsi and URLs.
+
+    A /vsi path or URL is read through GDAL only and recorded unchanged, as ``{"path",
+    "bytes": None, "sha256", "remote": True}``: its digest is :func:`content_digest` of the
+    dataset (grid, types, nodata, every pixel), since GDAL exposes no raw bytes through
+    rasterio. A remote file GDAL cannot open as a raster (a sidecar such as ``.aux.xml``) gets
+    ``"sha256": None``; what it changes (nodata, georeferencing) is in its raster's digest.
+    """
+    if is_remote(path):
+        return _remote_fingerprint(str(path))
     p = Path(path)
     digest = hashlib.sha256()
     with p.open("rb") as fh:
@@ -51,6 +61,18 @@ def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     st = p.stat()
     return {"path": str(p.resolve()), "bytes": st.st_size, "mtime": int(st.st_mtime),
             "sha256": digest.hexdigest()}
+
+
+def _remote_fingerprint(path: str) -> dict[str, Any]:
+    try:
+        ds = open_raster(path, role="input")
+    except RasterReadError:
+        if path.lower().endswith((".aux.xml", ".xml", ".hdr", ".prj", ".tfw", ".wld", ".txt")):
+            return {"path": path, "bytes": None, "sha256": None, "remote": True}
+        raise
+    with ds:
+        digest = content_digest(ds)
+    return {"path": path, "bytes": None, "sha256": digest, "remote": True}
 
 
 @cache

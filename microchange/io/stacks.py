@@ -34,6 +34,7 @@ from microchange.errors import (
 )
 from microchange.io.datasets import open_raster
 from microchange.io.vrt import BandSource, build_stack, open_vrt
+from microchange.types import PathLike, is_remote
 
 __all__ = (
     "RASTER_SUFFIXES",
@@ -108,7 +109,12 @@ def band_pattern(name: str) -> re.Pattern[str]:
 
 # -- folders and globs -----------------------------------------------------------------------
 def is_stack_input(path: str | os.PathLike[str]) -> bool:
-    """True if ``path`` is a folder, or a glob pattern that is not an existing file."""
+    """True if ``path`` is a folder, or a glob pattern that is not an existing file.
+
+    A /vsi path or URL is never one (a ``?`` in a URL's query is not a glob).
+    """
+    if is_remote(path):
+        return False
     p = Path(path)
     if p.is_dir():
         return True
@@ -205,10 +211,10 @@ def find_band_files(
 
 
 def _bands_by_description(path: str | os.PathLike[str], names: tuple[str, ...],
-                          role: str) -> list[tuple[str, Path, int]]:
+                          role: str) -> list[tuple[str, PathLike, int]]:
     with open_raster(path, role=role) as ds:
         descriptions = [d or "" for d in ds.descriptions]
-    out = []
+    out: list[tuple[str, PathLike, int]] = []
     for name in names:
         hits = [i for i, d in enumerate(descriptions, start=1)
                 if d.strip().lower() == name.lower()]
@@ -220,7 +226,7 @@ def _bands_by_description(path: str | os.PathLike[str], names: tuple[str, ...],
                 "description, or a file of a folder/glob by its file name; give a folder of "
                 "single-band files, or select bands by index (e.g. --bands 1,2,3)"
             )
-        out.append((name, Path(path), hits[0]))
+        out.append((name, path, hits[0]))  # a local path is resolved by build_stack
     return out
 
 
@@ -265,7 +271,8 @@ def resolve_input(
                 + (f"; band names seen: {', '.join(seen)}" if seen else "")
             )
         files = find_band_files(path, names, role=role)
-        sources = [(n, f, 1) for n, f in zip(names, files, strict=True)]
+        sources: list[tuple[str, PathLike, int]] = [
+            (n, f, 1) for n, f in zip(names, files, strict=True)]
     elif names is not None:
         sources = _bands_by_description(path, names, role)
     else:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 import warnings
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import rasterio
@@ -29,7 +29,8 @@ from microchange.errors import (
     NoOverlapError,
     RasterReadError,
 )
-from microchange.io.datasets import is_georeferenced
+from microchange.io.datasets import input_path, is_georeferenced
+from microchange.types import PathLike
 
 __all__ = ("BandSource", "build_stack", "open_vrt")
 
@@ -71,7 +72,7 @@ class BandSource:
 @dataclass(frozen=True)
 class _Src:
     name: str
-    path: Path
+    path: str
     band: int
     width: int
     height: int
@@ -82,13 +83,13 @@ class _Src:
     georef: bool
 
 
-def _open_quiet(path: Path | str) -> Any:
+def _open_quiet(path: PathLike) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return rasterio.open(path)
 
 
-def _describe(name: str, path: Path, band: int, role: str, *, single: bool) -> _Src:
+def _describe(name: str, path: PathLike, band: int, role: str, *, single: bool) -> _Src:
     try:
         ds = _open_quiet(path)
     except RasterioIOError as exc:
@@ -106,7 +107,7 @@ def _describe(name: str, path: Path, band: int, role: str, *, single: bool) -> _
             raise BandMismatchError(f"band {band} of {str(path)!r} requested but it has only "
                                     f"{ds.count}")
         georef = is_georeferenced(ds)
-        return _Src(name, path.resolve(), band, ds.width, ds.height, ds.dtypes[band - 1],
+        return _Src(name, input_path(path), band, ds.width, ds.height, ds.dtypes[band - 1],
                     ds.nodatavals[band - 1], ds.crs, ds.transform, georef)
 
 
@@ -184,7 +185,7 @@ def _near(a: float, b: float) -> bool:
 
 
 def build_stack(
-    sources: list[tuple[str, Path, int]],
+    sources: Sequence[tuple[str, PathLike, int]],
     *,
     role: str = "input",
     label: str = "",

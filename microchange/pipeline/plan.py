@@ -14,6 +14,7 @@ from typing import Any
 from microchange.config import DetectConfig, PostprocessConfig
 from microchange.detector import build_detector
 from microchange.errors import InputError, OutputError
+from microchange.io.datasets import input_path
 from microchange.io.manifest import code_version, file_fingerprint, run_fingerprint
 from microchange.io.pair import PairReader
 from microchange.io.vrt import BandSource
@@ -31,7 +32,7 @@ def _input_info(path: PathLike, ds: Any, fingerprints: dict[str, Any],
                 bands: Sequence[BandSource] | None) -> dict[str, Any]:
     """What run.json records of one input: its dataset, its files and, for a stack, its bands."""
     info: dict[str, Any] = {
-        "path": str(Path(path).resolve()),
+        "path": input_path(path),
         "width": ds.width,
         "height": ds.height,
         "count": ds.count,
@@ -151,7 +152,7 @@ def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: Det
         return resumed
     plan = Plan(
         run_id=run_id, created=datetime.now(UTC).isoformat(timespec="seconds"),
-        before=str(Path(before).resolve()), after=str(Path(after).resolve()),
+        before=input_path(before), after=input_path(after),
         out=str(out_dir.resolve()), config=config, bands=list(bands),
         grid=GridRecord(height=grid.height, width=grid.width, transform=grid.transform,
                         crs_wkt=grid.crs_wkt,

@@ -121,7 +121,8 @@ def test_failed_run_keeps_earlier_outputs_and_leaves_no_partial_file(
     monkeypatch.setattr(finalise, "write_changes_table", boom)
     with pytest.raises(OSError, match="disk full"):
         run_detection(before, after, out, DetectConfig(tile_size=32))
-    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
+    # the staging folder stays for a rerun to resume (test_resume.py); nothing else is left
+    assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUT_NAMES, STAGING_DIR])
     assert {n: (out / n).read_bytes() for n in OUTPUT_NAMES} == old
 
 
