@@ -5,14 +5,14 @@ import pytest
 import rasterio
 
 from microchange.config import DetectConfig, PreprocessConfig
+from microchange.detector import SCORERS as REGISTERED
 from microchange.detector import build_detector
 from microchange.errors import UnknownMethodError
 from microchange.evaluation import evaluate_mask
 from microchange.pipeline import run_detection
 from microchange.scoring.pca_kmeans import PcaKMeansScorer
 from microchange.synthetic import make_scene, write_scene
-
-SCORERS = ("distance", "mahalanobis", "density", "cluster")
+from microchange.types import PairArrays
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,6 @@ def test_no_change_pair_is_quiet_with_the_false_alarm_threshold(scenes, tmp_path
 
 def test_density_score_is_a_calibrated_tail_probability() -> None:
     from microchange.scoring.density import DensityScorer
-    from microchange.types import PairArrays
-
     rng = np.random.default_rng(5)
     cov = np.array([[1.0, 0.6, 0.0], [0.6, 1.0, 0.0], [0.0, 0.0, 0.3]])
     chol = np.linalg.cholesky(cov)
@@ -106,17 +104,60 @@ def test_scorer_state_round_trip(planted_pair, tmp_path) -> None:
     assert det.method == "cva+density"
 
 
-def test_unknown_scorer_is_rejected() -> None:
+def test_unknown_scorer_is_rejected_by_the_config_and_by_the_registry() -> None:
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="scorer"):
         DetectConfig(scorer="magic")
-    assert "distance" in SCORERS and UnknownMethodError
+    unvalidated = DetectConfig.model_construct(**{**DetectConfig().__dict__, "method": "cva",
+                                                  "scorer": "magic"})
+    with pytest.raises(UnknownMethodError, match="unknown scorer 'magic'") as exc:
+        build_detector(unvalidated)
+    assert all(name in str(exc.value) for name in REGISTERED)
+
+
+@pytest.mark.parametrize(("scorer", "cls"), [
+    ("distance", "CvaScorer"), ("mahalanobis", "MahalanobisScorer"),
+    ("density", "DensityScorer"), ("cluster", "PcaKMeansScorer"), ("hybrid", "PcaKMeansScorer")])
+def test_each_scorer_name_builds_its_scorer(scorer, cls) -> None:
+    det = build_detector(DetectConfig(method="cva", scorer=scorer))
+    assert type(det.scorer).__name__ == cls and det.method == f"cva+{scorer}"
+    assert set(REGISTERED) == {"distance", "mahalanobis", "density", "cluster", "hybrid"}
+
+
+def test_distance_is_the_euclidean_norm_of_the_difference() -> None:
+    from microchange.scoring.distance import CvaScorer
+
+    before = np.zeros((2, 1, 3), np.float32)
+    after = np.array([[[3, 0, -1]], [[4, 2, 1]]], np.float32)
+    score = CvaScorer().score(PairArrays(before, after, np.ones((1, 3), bool), 0))
+    np.testing.assert_allclose(score, [[5.0, 2.0, np.sqrt(2)]], rtol=1e-6)
+
+
+def test_mahalanobis_discounts_a_correlated_nuisance_that_distance_flags() -> None:
+    """Two features drift together (a strong nuisance along (1, 1)); 20 real changes along
+    (1, -1), shorter than most drift vectors. The 20 highest Mahalanobis scores are the 20
+    changes, while plain CVA ranks (almost) all of them below the drift."""
+    rng = np.random.default_rng(0)
+    h, w = 100, 100
+    drift = rng.normal(0, 3.0, (h, w))
+    diff = np.stack([drift, drift]) + rng.normal(0, 0.1, (2, h, w))
+    changed = np.zeros(h * w, bool)
+    changed[rng.choice(h * w, 20, replace=False)] = True
+    along = rng.choice([-1, 1], 20) * rng.uniform(1.0, 2.0, 20)
+    diff.reshape(2, -1)[:, changed] = np.outer([1.0, -1.0], along) + rng.normal(0, 0.1, (2, 20))
+    before = rng.normal(0, 1, (2, h, w)).astype(np.float32)
+    block = PairArrays(before, (before + diff).astype(np.float32), np.ones((h, w), bool), 0)
+    scorer = build_detector(DetectConfig(method="cva", scorer="mahalanobis")).scorer
+    scorer.fit([block])
+    score = scorer.score(block)
+    assert score.shape == (h, w) and score.dtype == np.float32
+    assert changed[np.argsort(score.ravel())[-20:]].all()
+    cva = build_detector(DetectConfig(method="cva", scorer="distance")).scorer.score(block)
+    assert changed[np.argsort(cva.ravel())[-20:]].sum() <= 2
 
 
 def test_the_default_of_every_sensor_is_the_deep_method() -> None:
-    from microchange.detector import build_detector
-
     assert build_detector(DetectConfig(sensor="sar", method="cva")).method == "cva"
     assert build_detector(DetectConfig(sensor="sar", scorer="density")).method == "learned+density"
     for sensor in ("optical", "sar"):
@@ -126,8 +167,6 @@ def test_the_default_of_every_sensor_is_the_deep_method() -> None:
 
 
 def test_learned_keeps_cross_calibration_as_an_option() -> None:
-    from microchange.detector import build_detector
-
     sar = build_detector(
         DetectConfig(method="learned", sensor="sar", deep={"objective": "cross-cal"}))
     assert sar.method == "learned" and sar.extractor.objective == "cross-cal"
