@@ -15,6 +15,8 @@ from microchange.errors import (
 from microchange.io.pair import PairReader
 from microchange.tiling import Tile
 
+ORIGIN = (500_000.0, 4_000_000.0)  # of make_geotiff
+
 
 def _ramp(count: int = 2, h: int = 40, w: int = 50, dtype: str = "uint16") -> np.ndarray:
     r = np.arange(h)[:, None] * 10 + np.arange(w)[None, :]
@@ -80,23 +82,97 @@ def test_after_on_other_grid_is_resampled_over_the_overlap(make_geotiff) -> None
     np.testing.assert_allclose(arr.after[0, 5:35, 22:38], data[0, 5:35, 22:38], atol=1.0)
 
 
-def test_other_crs_is_reprojected(make_geotiff) -> None:
-    data = _ramp(count=1, h=40, w=40, dtype="float32")
-    b = make_geotiff(data, name="b.tif", crs="EPSG:32633")
-    # the same place in EPSG:3857 (no exact match: just check it overlaps and reads)
-    from rasterio.warp import calculate_default_transform, reproject
+X0, Y0 = ORIGIN
 
-    with rasterio.open(b) as src:
-        tr, w, h = calculate_default_transform(src.crs, "EPSG:3857", 40, 40, *src.bounds)
-        dst = np.zeros((1, h, w), np.float32)
-        reproject(data, dst, src_transform=src.transform, src_crs=src.crs, dst_transform=tr,
-                  dst_crs="EPSG:3857")
-    a = make_geotiff(dst, name="a.tif", crs="EPSG:3857", transform=tr)
+
+def _pixel_coordinates(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(2, ...) column and row of BEFORE's 10 m grid at EPSG:32633 points (x, y)."""
+    return np.stack([(x - X0) / 10.0, (Y0 - y) / 10.0])
+
+
+def _sampled_at(fn, crs: str, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) ``fn(x, y)`` of EPSG:32633 points, evaluated exactly at the pixel centres of a
+    grid in ``crs`` (no resampling in the test itself)."""
+    from rasterio.transform import xy
+    from rasterio.warp import transform as transform_points
+
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
+    xs, ys = xy(transform, rows.ravel(), cols.ravel(), offset="center")
+    ux, uy = transform_points(crs, "EPSG:32633", xs, ys)
+    return np.asarray(fn(np.asarray(ux), np.asarray(uy))).reshape(-1, *shape)
+
+
+def _reprojected_grid(h: int, w: int, crs: str, resolution: float) -> tuple[Affine, int, int]:
+    """BEFORE's footprint (10 m pixels at ORIGIN) on a grid of ``crs`` at ``resolution``."""
+    from rasterio.transform import array_bounds
+    from rasterio.warp import calculate_default_transform
+
+    west, south, east, north = array_bounds(h, w, Affine(10, 0, X0, 0, -10, Y0))
+    tr, width, height = calculate_default_transform("EPSG:32633", crs, w, h, west, south, east,
+                                                    north, resolution=resolution)
+    return tr, height, width
+
+
+@pytest.mark.parametrize(("crs", "resolution"), [("EPSG:3857", 6.0), ("EPSG:4326", 1.5e-4)])
+def test_other_crs_and_resolution_are_reprojected_to_a_tenth_of_a_pixel(make_geotiff, crs,
+                                                                         resolution) -> None:
+    """AFTER holds, in another CRS and pixel size, the column and row of BEFORE's grid at each
+    of its pixel centres: read back on BEFORE's grid, a shift of a tenth of a pixel would show."""
+    h = w = 40
+    rows, cols = np.mgrid[0:h, 0:w] + 0.5
+    b = make_geotiff(np.stack([cols, rows]).astype(np.float32), name="b.tif")
+    tr, ah, aw = _reprojected_grid(h, w, crs, resolution)
+    a = make_geotiff(_sampled_at(_pixel_coordinates, crs, tr, (ah, aw)).astype(np.float32),
+                     name="a.tif", crs=crs, transform=tr)
     with PairReader(b, a) as pair:
-        arr = pair.read(0, 40, 0, 40)
-    inner = arr.valid[5:35, 5:35]
-    assert inner.all()
-    assert np.abs(arr.after[0, 5:35, 5:35] - data[0, 5:35, 5:35]).mean() < 15
+        assert pair.alignment == "resampled"
+        arr = pair.read(0, h, 0, w)
+    inner = (slice(None), slice(2, h - 2), slice(2, w - 2))
+    assert arr.valid[inner[1:]].all()
+    shift = arr.after[inner] - arr.before[inner]  # (column, row) offset in BEFORE pixels
+    assert np.abs(shift).max() < 0.1, np.abs(shift).max(axis=(1, 2))
+
+
+def test_a_whole_run_detects_in_place_across_crs_and_resolution(make_geotiff, tmp_path) -> None:
+    """BEFORE at 10 m in EPSG:32633; AFTER at ~4.9 m in EPSG:3857 with three planted squares,
+    computed exactly at its own pixel centres. Without co-registration (which would hide a
+    misplaced resampling), the run's mask is exactly the planted pixels of BEFORE's grid."""
+    import json
+
+    from microchange.config import DetectConfig, PreprocessConfig
+    from microchange.pipeline import run_detection
+
+    h, w = 64, 72
+    truth = np.zeros((h, w), bool)
+    for r0, c0, size in ((10, 12, 6), (40, 50, 3), (30, 20, 2)):
+        truth[r0:r0 + size, c0:c0 + size] = True
+
+    def scene(changed: bool):
+        def fn(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+            col, row = _pixel_coordinates(x, y)
+            texture = [1000 + 80 * np.sin(col / 5.0 + k) * np.cos(row / 7.0 - k)
+                       for k in range(3)]
+            if changed:
+                inside = truth[np.clip(row.astype(int), 0, h - 1), np.clip(col.astype(int), 0,
+                                                                          w - 1)]
+                texture = [t + 400 * inside for t in texture]
+            return np.stack(texture)
+        return fn
+
+    rows, cols = np.mgrid[0:h, 0:w] + 0.5
+    x, y = X0 + 10 * cols, Y0 - 10 * rows
+    b = make_geotiff(scene(False)(x, y).astype(np.float32), name="b.tif")
+    tr, ah, aw = _reprojected_grid(h, w, "EPSG:3857", 6.0)
+    a = make_geotiff(_sampled_at(scene(True), "EPSG:3857", tr, (ah, aw)).astype(np.float32),
+                     name="a.tif", crs="EPSG:3857", transform=tr)
+    cfg = DetectConfig(method="cva", tile_size=32,
+                       preprocess=PreprocessConfig(coregister=False, smoothing_sigma=0.0))
+    run_detection(b, a, tmp_path / "o", cfg)
+    with rasterio.open(tmp_path / "o" / "change_mask.tif") as src:
+        assert src.crs == "EPSG:32633" and src.transform == Affine(10, 0, X0, 0, -10, Y0)
+        mask = src.read(1)
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["alignment"] == "resampled"
+    np.testing.assert_array_equal(mask[2:-2, 2:-2] == 1, truth[2:-2, 2:-2])
 
 
 def test_read_tile_reflects_beyond_edges(make_geotiff) -> None:
