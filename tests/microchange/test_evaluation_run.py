@@ -91,7 +91,7 @@ def test_evaluate_run_by_hand(hand_run, block_rows) -> None:
     assert {k: m[k] for k in same} == same
 
 
-def test_metrics_json_is_written_atomically(hand_run) -> None:
+def test_metrics_json_holds_the_metrics_and_no_temporary_file(hand_run) -> None:
     out, truth = hand_run
     m = evaluate_run(out, truth, ignore_values=(34,))
     doc = json.loads((out / "metrics.json").read_text())
@@ -106,6 +106,36 @@ def test_metrics_json_is_written_atomically(hand_run) -> None:
     assert sum(hist["changed"]) == 4 and sum(hist["unchanged"]) == 12
     curve = doc["pr_curve"]
     assert curve["recall"][-1] == 1.0 and curve["precision"][0] == 1.0
+
+
+@pytest.mark.parametrize("earlier", [False, True])
+def test_a_write_that_dies_halfway_never_shows_under_the_final_name(hand_run, monkeypatch,
+                                                                    earlier) -> None:
+    """The disk fills up after half of metrics.json: no metrics.json, or the earlier one."""
+    from pathlib import Path as P
+
+    out, truth = hand_run
+    if earlier:
+        evaluate_run(out, truth)
+    before = (out / "metrics.json").read_bytes() if earlier else None
+    real = P.write_text
+
+    def dies_halfway(self, data, *args, **kwargs):
+        if "metrics.json" not in self.name:
+            return real(self, data, *args, **kwargs)
+        with open(self, "w") as fh:
+            fh.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(P, "write_text", dies_halfway)
+    with pytest.raises(OSError):
+        evaluate_run(out, truth, ignore_values=(34,))
+    monkeypatch.undo()
+    if earlier:
+        assert (out / "metrics.json").read_bytes() == before
+        json.loads(before)
+    else:
+        assert not (out / "metrics.json").exists()
 
 
 def test_sparse_truth_and_threshold_truth(tmp_path) -> None:
