@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,40 +26,97 @@ import pytest
 import rasterio
 from affine import Affine
 from numpy.typing import NDArray
+from rasterio.errors import NotGeoreferencedWarning
 
 ORIGIN = (500_000.0, 4_000_000.0)
 
 
-@pytest.fixture
-def make_geotiff(tmp_path: Path) -> Callable[..., Path]:
-    """Factory writing a (C, H, W) array as a tiled GeoTIFF in tmp_path."""
+def _write_raster(
+    path: Path,
+    data: NDArray[Any],
+    *,
+    crs: str | None = "EPSG:32633",
+    res: float = 10.0,
+    origin: tuple[float, float] = ORIGIN,
+    transform: Affine | None = None,
+    nodata: float | None = None,
+    driver: str = "GTiff",
+    descriptions: tuple[str, ...] | None = None,
+    block: int | None = None,
+) -> Path:
+    """Write a (C, H, W) or (H, W) array to ``path``; the one raster writer of the tests.
 
-    def _make(
-        data: NDArray[Any],
-        *,
-        name: str = "image.tif",
-        crs: str | None = "EPSG:32633",
-        res: float = 10.0,
-        origin: tuple[float, float] = ORIGIN,
-        nodata: float | None = None,
-        transform: Affine | None = None,
-    ) -> Path:
-        if data.ndim == 2:
-            data = data[None]
-        count, height, width = data.shape
-        path = tmp_path / name
-        profile: dict[str, Any] = {
-            "driver": "GTiff", "width": width, "height": height, "count": count,
-            "dtype": data.dtype, "nodata": nodata,
-        }
-        if crs is not None:
-            profile["crs"] = crs
-            profile["transform"] = transform or Affine(res, 0, origin[0], 0, -res, origin[1])
-        if height >= 16 and width >= 16:
-            profile.update(tiled=True, blockxsize=16, blockysize=16)
+    Args:
+        path: File to write (its folder is created).
+        data: Band values; the file takes their dtype.
+        crs: CRS of the grid; None writes a plain pixel grid (no CRS, no transform).
+        res: Pixel size, north-up, from ``origin`` (the upper-left corner).
+        origin: (x, y) of the upper-left corner.
+        transform: The grid's transform instead of ``res`` and ``origin``.
+        nodata: Nodata value of every band.
+        driver: GDAL driver ('GTiff', 'PNG', 'BMP', ...).
+        descriptions: Band descriptions (band names), one per band.
+        block: Side of square internal tiles (GTiff); None writes strips.
+
+    Returns:
+        ``path``.
+    """
+    if data.ndim == 2:
+        data = data[None]
+    count, height, width = data.shape
+    profile: dict[str, Any] = {"driver": driver, "width": width, "height": height,
+                               "count": count, "dtype": data.dtype}
+    if nodata is not None:
+        profile["nodata"] = nodata
+    if crs is not None:
+        profile["crs"] = crs
+        profile["transform"] = transform or Affine(res, 0, origin[0], 0, -res, origin[1])
+    if block is not None:
+        profile.update(tiled=True, blockxsize=block, blockysize=block)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path, "w", **profile) as dst:
             dst.write(data)
-        return path
+            for i, text in enumerate(descriptions or (), start=1):
+                dst.set_band_description(i, text)
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_raster() -> Callable[..., Path]:
+    """The tests' one raster writer: ``write_raster(path, data, **keywords)``; see
+    :func:`_write_raster` for the keywords (grid, nodata, driver, band names, tiling)."""
+    return _write_raster
+
+
+@pytest.fixture
+def make_geotiff(tmp_path: Path) -> Callable[..., Path]:
+    """Factory writing a (C, H, W) array as a GeoTIFF named ``name`` in tmp_path.
+
+    Takes the keywords of :func:`_write_raster`; rasters of 16 px or more a side are tiled in
+    16-px blocks, so that reads cross blocks.
+    """
+
+    def _make(data: NDArray[Any], *, name: str = "image.tif", **kwargs: Any) -> Path:
+        height, width = data.shape[-2:]
+        if height >= 16 and width >= 16:
+            kwargs.setdefault("block", 16)
+        return _write_raster(tmp_path / name, data, **kwargs)
+
+    return _make
+
+
+@pytest.fixture
+def truth_raster(tmp_path: Path) -> Callable[..., Path]:
+    """Factory writing a change truth on the grid of :func:`planted_pair` (uint8).
+
+    ``truth_raster(truth, value=255, name="gt.tif")`` writes ``value`` where ``truth`` is True
+    and 0 elsewhere.
+    """
+
+    def _make(truth: NDArray[np.bool_], *, value: int = 255, name: str = "gt.tif") -> Path:
+        return _write_raster(tmp_path / name, np.where(truth, value, 0).astype(np.uint8))
 
     return _make
 

@@ -2,24 +2,18 @@
 
 import json
 
-import numpy as np
 import pytest
-import rasterio
 
 from microchange.cli import main
 
 
 @pytest.fixture
-def run_and_truth(planted_pair, tmp_path):
+def run_and_truth(planted_pair, truth_raster, tmp_path):
     before, after, truth = planted_pair
     out = tmp_path / "out"
     assert main(["detect", str(before), str(after), "--out", str(out), "--tile-size", "64",
                  "--smoothing-sigma", "0", "-q"]) == 0
-    gt = tmp_path / "gt.tif"
-    with rasterio.open(before) as src:  # truth on the pair's grid
-        profile = {**src.profile, "count": 1, "dtype": "uint8", "nodata": None}
-    with rasterio.open(gt, "w", **profile) as dst:
-        dst.write(np.where(truth, 7, 0).astype(np.uint8), 1)
+    gt = truth_raster(truth, value=7)
     return out, gt
 
 

@@ -2,24 +2,17 @@
 
 import json
 
-import numpy as np
-import rasterio
-
 from microchange.config import DetectConfig, PreprocessConfig
 from microchange.pipeline import run_detection
 
 
-def test_evaluate_flow(prefect_harness, planted_pair, tmp_path) -> None:
+def test_evaluate_flow(prefect_harness, planted_pair, truth_raster, tmp_path) -> None:
     from microchange.flows.evaluate import evaluate_changes
 
     before, after, truth = planted_pair
     out = tmp_path / "out"
     run_detection(before, after, out, DetectConfig(tile_size=64, preprocess=PreprocessConfig(radiometric="none", smoothing_sigma=0.0)))
-    gt = tmp_path / "gt.tif"
-    with rasterio.open(before) as src:  # truth on the pair's grid
-        profile = {**src.profile, "count": 1, "dtype": "uint8", "nodata": None}
-    with rasterio.open(gt, "w", **profile) as dst:
-        dst.write(np.where(truth, 255, 0).astype(np.uint8), 1)
+    gt = truth_raster(truth)
     summary = evaluate_changes(out=str(out), truth=str(gt))
     assert summary["precision"] == 1.0 and summary["recall"] == 1.0
     assert summary["object_recall"]["n_objects"] == 3

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
-
 import numpy as np
 import pytest
-import rasterio
-from affine import Affine
-from rasterio.errors import NotGeoreferencedWarning
 from sklearn.metrics import (
     cohen_kappa_score,
     f1_score,
@@ -33,25 +27,6 @@ from microchange.evaluation import (
 )
 
 METRIC_KEYS = {"tp", "fp", "fn", "tn", "precision", "recall", "f1", "iou", "oa", "kappa"}
-
-
-def write_tif(path: Path, data: np.ndarray, *, crs: str | None = None) -> Path:
-    data = data if data.ndim == 3 else data[np.newaxis]
-    count, height, width = data.shape
-    profile = {
-        "driver": "GTiff",
-        "width": width,
-        "height": height,
-        "count": count,
-        "dtype": data.dtype,
-    }
-    if crs is not None:
-        profile.update(crs=crs, transform=Affine(10, 0, 500_000, 0, -10, 4_000_000))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(data)
-    return path
 
 
 # --- confusion_from_arrays -------------------------------------------------------------------
@@ -188,7 +163,7 @@ def test_decode_truth_variants():
 
 
 @pytest.fixture
-def mask_and_truth(tmp_path):
+def mask_and_truth(tmp_path, write_raster):
     mask = np.array(
         [
             [1, 1, 0, 0, 255],
@@ -206,8 +181,8 @@ def mask_and_truth(tmp_path):
         dtype=np.uint8,
     )
     return (
-        write_tif(tmp_path / "mask.tif", mask, crs="EPSG:32633"),
-        write_tif(tmp_path / "truth.tif", truth),
+        write_raster(tmp_path / "mask.tif", mask),
+        write_raster(tmp_path / "truth.tif", truth, crs=None),
     )
 
 
@@ -222,11 +197,11 @@ def test_evaluate_mask_by_hand(mask_and_truth, block_rows):
     assert m["kappa"] == pytest.approx(1 / 3)  # po 8/12, pe 1/2
 
 
-def test_evaluate_mask_sparse_truth_and_band(tmp_path):
+def test_evaluate_mask_sparse_truth_and_band(tmp_path, write_raster):
     mask = np.array([[1, 0, 1, 0]], dtype=np.uint8)
     truth = np.stack([np.array([[9, 9, 9, 9]], np.uint8), np.array([[2, 2, 1, 0]], np.uint8)])
-    mask_path = write_tif(tmp_path / "m.tif", mask)
-    truth_path = write_tif(tmp_path / "t.tif", truth)
+    mask_path = write_raster(tmp_path / "m.tif", mask, crs=None)
+    truth_path = write_raster(tmp_path / "t.tif", truth, crs=None)
     m = evaluate_mask(mask_path, truth_path, changed_values=(2,), unchanged_values=(1,), band=2)
     assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (1, 1, 1, 0)
     assert (m["n_labelled"], m["n_ignored"], m["n_nodata"]) == (3, 1, 0)
@@ -234,26 +209,20 @@ def test_evaluate_mask_sparse_truth_and_band(tmp_path):
         evaluate_mask(mask_path, truth_path, band=3)
 
 
-def test_evaluate_mask_threshold_on_png(tmp_path):
+def test_evaluate_mask_threshold_on_png(tmp_path, write_raster):
     truth = np.array([[0, 100, 129, 250]], dtype=np.uint8)
-    truth_path = tmp_path / "gt.png"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(
-            truth_path, "w", driver="PNG", width=4, height=1, count=1, dtype="uint8"
-        ) as dst:
-            dst.write(truth[np.newaxis])
-    mask_path = write_tif(tmp_path / "m.tif", np.array([[0, 1, 1, 0]], np.uint8))
+    truth_path = write_raster(tmp_path / "gt.png", truth, crs=None, driver="PNG")
+    mask_path = write_raster(tmp_path / "m.tif", np.array([[0, 1, 1, 0]], np.uint8), crs=None)
     m = evaluate_mask(mask_path, truth_path, changed_values=(), truth_threshold=128)
     assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (1, 1, 1, 1)
 
 
-def test_evaluate_mask_matches_in_memory_on_random(tmp_path):
+def test_evaluate_mask_matches_in_memory_on_random(tmp_path, write_raster):
     rng = np.random.default_rng(7)
     truth = rng.choice(np.array([0, 34, 255], np.uint8), size=(97, 53), p=[0.7, 0.05, 0.25])
     mask = rng.choice(np.array([0, 1, 255], np.uint8), size=truth.shape, p=[0.6, 0.35, 0.05])
-    mask_path = write_tif(tmp_path / "m.tif", mask)
-    truth_path = write_tif(tmp_path / "t.tif", truth)
+    mask_path = write_raster(tmp_path / "m.tif", mask, crs=None)
+    truth_path = write_raster(tmp_path / "t.tif", truth, crs=None)
     m = evaluate_mask(mask_path, truth_path, ignore_values=(34,), block_rows=10)
     changed, labelled = decode_truth(truth, ignore_values=(34,))
     expected = metrics_from_confusion(confusion_from_arrays(mask, changed, labelled))
@@ -262,9 +231,9 @@ def test_evaluate_mask_matches_in_memory_on_random(tmp_path):
     assert m["n_ignored"] == np.count_nonzero(truth == 34)
 
 
-def test_evaluate_mask_grid_mismatch(tmp_path):
-    mask_path = write_tif(tmp_path / "mask.tif", np.zeros((4, 5), np.uint8))
-    truth_path = write_tif(tmp_path / "truth.tif", np.zeros((5, 4), np.uint8))
+def test_evaluate_mask_grid_mismatch(tmp_path, write_raster):
+    mask_path = write_raster(tmp_path / "mask.tif", np.zeros((4, 5), np.uint8), crs=None)
+    truth_path = write_raster(tmp_path / "truth.tif", np.zeros((5, 4), np.uint8), crs=None)
     with pytest.raises(GridMismatchError) as info:
         evaluate_mask(mask_path, truth_path)
     message = str(info.value)
@@ -272,8 +241,8 @@ def test_evaluate_mask_grid_mismatch(tmp_path):
     assert "4x5" in message and "5x4" in message
 
 
-def test_evaluate_mask_missing_file(tmp_path):
-    truth_path = write_tif(tmp_path / "truth.tif", np.zeros((2, 2), np.uint8))
+def test_evaluate_mask_missing_file(tmp_path, write_raster):
+    truth_path = write_raster(tmp_path / "truth.tif", np.zeros((2, 2), np.uint8), crs=None)
     missing = tmp_path / "nope.tif"
     with pytest.raises(RasterReadError, match=r"nope\.tif"):
         evaluate_mask(missing, truth_path)
@@ -281,9 +250,9 @@ def test_evaluate_mask_missing_file(tmp_path):
         evaluate_mask(truth_path, missing)
 
 
-def test_evaluate_mask_rejects_non_mask_values(tmp_path):
-    mask_path = write_tif(tmp_path / "mask.tif", np.array([[0, 128]], np.uint8))
-    truth_path = write_tif(tmp_path / "truth.tif", np.zeros((1, 2), np.uint8))
+def test_evaluate_mask_rejects_non_mask_values(tmp_path, write_raster):
+    mask_path = write_raster(tmp_path / "mask.tif", np.array([[0, 128]], np.uint8), crs=None)
+    truth_path = write_raster(tmp_path / "truth.tif", np.zeros((1, 2), np.uint8), crs=None)
     with pytest.raises(InputError, match=r"mask.*\[128\]"):
         evaluate_mask(mask_path, truth_path)
     with pytest.raises(InputError, match="block_rows"):

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
-from rasterio.errors import NotGeoreferencedWarning
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
@@ -24,25 +21,21 @@ from microchange.evaluation import (
 from microchange.pipeline import run_detection
 
 
-def write_tif(path: Path, data: np.ndarray, *, nodata: float | None = None) -> Path:
-    profile = {"driver": "GTiff", "width": data.shape[1], "height": data.shape[0], "count": 1,
-               "dtype": data.dtype, "nodata": nodata}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(data, 1)
-    return path
+@pytest.fixture
+def write_run(write_raster):
+    """Factory of a detection run folder: mask, scores and (with a threshold) run.json."""
 
+    def _write(out: Path, mask: np.ndarray, score: np.ndarray, *,
+               threshold: float | None = None) -> Path:
+        write_raster(out / "change_mask.tif", mask.astype(np.uint8), crs=None, nodata=255)
+        write_raster(out / "change_score.tif", score.astype(np.float32), crs=None,
+                     nodata=float("nan"))
+        if threshold is not None:
+            (out / "run.json").write_text(json.dumps(
+                {"threshold": {"method": "value", "value": threshold, "n_sample": 1}}))
+        return out
 
-def write_run(out: Path, mask: np.ndarray, score: np.ndarray, *, threshold: float | None = None,
-              ) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    write_tif(out / "change_mask.tif", mask.astype(np.uint8), nodata=255)
-    write_tif(out / "change_score.tif", score.astype(np.float32), nodata=float("nan"))
-    if threshold is not None:
-        (out / "run.json").write_text(json.dumps(
-            {"threshold": {"method": "value", "value": threshold, "n_sample": 1}}))
-    return out
+    return _write
 
 
 # --- hand-computed run -----------------------------------------------------------------------
@@ -65,9 +58,9 @@ SCORE = np.array([[0.9, 0.8, 0.3, 0.35, NAN],
 
 
 @pytest.fixture
-def hand_run(tmp_path: Path) -> tuple[Path, Path]:
+def hand_run(tmp_path: Path, write_raster, write_run) -> tuple[Path, Path]:
     out = write_run(tmp_path / "run", MASK, SCORE, threshold=0.5)
-    return out, write_tif(tmp_path / "truth.tif", TRUTH)
+    return out, write_raster(tmp_path / "truth.tif", TRUTH, crs=None)
 
 
 @pytest.mark.parametrize("block_rows", [1, 3, None])
@@ -138,22 +131,22 @@ def test_a_write_that_dies_halfway_never_shows_under_the_final_name(hand_run, mo
         assert not (out / "metrics.json").exists()
 
 
-def test_sparse_truth_and_threshold_truth(tmp_path) -> None:
+def test_sparse_truth_and_threshold_truth(tmp_path, write_raster, write_run) -> None:
     out = write_run(tmp_path / "run", MASK, SCORE)
     sparse = np.where(TRUTH == 255, 2, np.where(TRUTH == 0, 1, 0)).astype(np.uint8)
     sparse[3, :] = 0  # unlabelled row
-    m = evaluate_run(out, write_tif(tmp_path / "sparse.tif", sparse), changed_values=(2,),
-                     unchanged_values=(1,))
+    m = evaluate_run(out, write_raster(tmp_path / "sparse.tif", sparse, crs=None),
+                     changed_values=(2,), unchanged_values=(1,))
     assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (3, 1, 1, 6)
     assert m["n_ignored"] == 7 and m["threshold"] is None
     soft = np.where(TRUTH == 255, 200, 20).astype(np.uint8)  # "lossy" mask, no ignored value
-    m = evaluate_run(out, write_tif(tmp_path / "soft.tif", soft), changed_values=(),
-                     truth_threshold=128)
+    m = evaluate_run(out, write_raster(tmp_path / "soft.tif", soft, crs=None),
+                     changed_values=(), truth_threshold=128)
     assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (3, 1, 1, 13)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_aucs_match_sklearn_on_random_data(tmp_path, seed) -> None:
+def test_aucs_match_sklearn_on_random_data(tmp_path, seed, write_raster, write_run) -> None:
     rng = np.random.default_rng(seed)
     h, w = 120, 150
     truth = np.where(rng.random((h, w)) < 0.15, 255, 0).astype(np.uint8)
@@ -164,8 +157,8 @@ def test_aucs_match_sklearn_on_random_data(tmp_path, seed) -> None:
     mask[nodata] = 255
     score[nodata] = np.nan
     out = write_run(tmp_path / "run", mask, score)
-    m = evaluate_run(out, write_tif(tmp_path / "t.tif", truth), ignore_values=(34,),
-                     block_rows=17)
+    m = evaluate_run(out, write_raster(tmp_path / "t.tif", truth, crs=None),
+                     ignore_values=(34,), block_rows=17)
     ranked = (truth != 34) & ~nodata
     y, s = truth[ranked] == 255, score.astype(np.float32)[ranked]
     assert m["roc_auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-3)
@@ -217,12 +210,13 @@ def object_scene() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("block_rows", [1, 2, 4, 8, 64])
-def test_object_recall_by_size_merges_across_blocks(tmp_path, block_rows) -> None:
+def test_object_recall_by_size_merges_across_blocks(tmp_path, block_rows, write_raster,
+                                                   write_run) -> None:
     truth, hits = object_scene()
     mask = hits.astype(np.uint8)
     mask[62:, :5] = 255
     out = write_run(tmp_path / "run", mask, hits.astype(np.float32))
-    gt = write_tif(tmp_path / "gt.tif", np.where(truth, 255, 0).astype(np.uint8))
+    gt = write_raster(tmp_path / "gt.tif", np.where(truth, 255, 0).astype(np.uint8), crs=None)
     objects = evaluate_run(out, gt, block_rows=block_rows)["object_recall"]
     assert (objects["n_objects"], objects["n_detected"]) == (9, 6)
     assert objects["overall"] == pytest.approx(6 / 9)
@@ -248,11 +242,11 @@ def test_object_recall_function() -> None:
 # --- real run and errors ---------------------------------------------------------------------
 
 
-def test_evaluate_run_on_a_detection_run(planted_pair, tmp_path) -> None:
+def test_evaluate_run_on_a_detection_run(planted_pair, tmp_path, write_raster) -> None:
     before, after, truth = planted_pair
     out = tmp_path / "out"
     run_detection(before, after, out, DetectConfig(tile_size=64, preprocess=PreprocessConfig(radiometric="none", smoothing_sigma=0.0)))
-    gt = write_tif(tmp_path / "gt.tif", np.where(truth, 255, 0).astype(np.uint8))
+    gt = write_raster(tmp_path / "gt.tif", np.where(truth, 255, 0).astype(np.uint8), crs=None)
     m = evaluate_run(out, gt)
     assert m["tp"] == truth.sum() and m["fp"] == 0 and m["fn"] == 0
     assert m["roc_auc"] == pytest.approx(1.0) and m["pr_auc"] == pytest.approx(1.0)
@@ -262,12 +256,12 @@ def test_evaluate_run_on_a_detection_run(planted_pair, tmp_path) -> None:
     assert m["threshold"]["method"] == "value" and m["threshold"]["value"] == 0.0
 
 
-def test_evaluate_run_errors(hand_run, tmp_path) -> None:
+def test_evaluate_run_errors(hand_run, tmp_path, write_raster) -> None:
     out, truth = hand_run
     with pytest.raises(InputError, match="run `microchange detect"):
         evaluate_run(tmp_path / "empty", truth)
     with pytest.raises(InputError, match="n_bins"):
         evaluate_run(out, truth, n_bins=1)
-    small = write_tif(tmp_path / "small.tif", TRUTH[:3])
+    small = write_raster(tmp_path / "small.tif", TRUTH[:3], crs=None)
     with pytest.raises(GridMismatchError, match=r"small\.tif"):
         evaluate_run(out, small)
