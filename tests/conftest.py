@@ -109,14 +109,16 @@ def make_geotiff(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture
 def truth_raster(tmp_path: Path) -> Callable[..., Path]:
-    """Factory writing a change truth on the grid of :func:`planted_pair` (uint8).
+    """Factory writing a change truth in tmp_path, by default on the grid of :func:`planted_pair`.
 
-    ``truth_raster(truth, value=255, name="gt.tif")`` writes ``value`` where ``truth`` is True
-    and 0 elsewhere.
+    ``truth_raster(truth, value=255, name="gt.tif", **keywords)`` writes uint8 ``value`` where
+    ``truth`` is True and 0 elsewhere; the keywords are those of :func:`_write_raster`.
     """
 
-    def _make(truth: NDArray[np.bool_], *, value: int = 255, name: str = "gt.tif") -> Path:
-        return _write_raster(tmp_path / name, np.where(truth, value, 0).astype(np.uint8))
+    def _make(truth: NDArray[np.bool_], *, value: int = 255, name: str = "gt.tif",
+              **kwargs: Any) -> Path:
+        data = np.where(truth, value, 0).astype(np.uint8)
+        return _write_raster(tmp_path / name, data, **kwargs)
 
     return _make
 

@@ -146,20 +146,15 @@ def test_pair_grids_agree(pairs, name):
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
-def test_truth_counts(pairs, name, tmp_path):
+def test_truth_counts(pairs, name, write_raster, tmp_path):
     """An all-changed mask scores tp = changed, fp = unchanged, and the rest is ignored."""
     pair = pairs[name]
     changed, unchanged, ignored = EXPECTED[name][3:]
     assert changed > 0 and unchanged > 0
     with _open(pair.truth) as t:
         height, width = t.shape
-    mask_path = tmp_path / "all_changed.tif"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(
-            mask_path, "w", driver="GTiff", width=width, height=height, count=1, dtype="uint8"
-        ) as dst:
-            dst.write(np.ones((1, height, width), np.uint8))
+    mask_path = write_raster(tmp_path / "all_changed.tif", np.ones((height, width), np.uint8),
+                             crs=None)
     m = evaluate_mask(mask_path, pair.truth, block_rows=256, **pair.truth_kwargs())
     assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (changed, unchanged, 0, 0)
     assert m["n_ignored"] == ignored

@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
 
 from microchange.cli import main
 from microchange.config import DetectConfig, MaskConfig
@@ -18,18 +17,8 @@ X0, Y0 = 500_000.0, 4_000_000.0
 N = 64  # 10 m grid of BEFORE/AFTER; the masks are at 20 m
 
 
-def _write(path, data, *, res, x0=X0, y0=Y0, crs="EPSG:32633"):
-    if data.ndim == 2:
-        data = data[None]
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
-                       count=data.shape[0], dtype=data.dtype, crs=crs,
-                       transform=Affine(res, 0, x0, 0, -res, y0)) as dst:
-        dst.write(data)
-    return path
-
-
 @pytest.fixture
-def scene(tmp_path):
+def scene(tmp_path, write_raster):
     """4-band pair with two planted changes; a 20 m cloud mask and a 20 m SCL raster.
 
     The SCL raster extends 2 coarse pixels (40 m) beyond the image to the west and north, so it
@@ -41,16 +30,16 @@ def scene(tmp_path):
     after = base + rng.normal(0, 5, base.shape)
     after[:, 4:12, 4:12] += 800  # change A: under the cloud of the AFTER mask
     after[:, 40:48, 40:48] += 800  # change B: clear sky, must be detected
-    b = _write(tmp_path / "before.tif", before.astype("float32"), res=10)
-    a = _write(tmp_path / "after.tif", after.astype("float32"), res=10)
+    b = write_raster(tmp_path / "before.tif", before.astype("float32"), res=10)
+    a = write_raster(tmp_path / "after.tif", after.astype("float32"), res=10)
     cloud = np.ones((N // 2, N // 2), "uint8")  # 1 = valid
     cloud[1:7, 1:7] = 0  # cloud over fine rows/cols 2..13 (covers change A)
-    mask = _write(tmp_path / "after_valid.tif", cloud, res=20)
+    mask = write_raster(tmp_path / "after_valid.tif", cloud, res=20)
     scl = np.full((N // 2 + 2, N // 2 + 2), 4, "uint8")  # 4 = vegetation
     scl[2 + 20, 2 + 3] = 9  # cloud high probability -> fine rows 40-41, cols 6-7
     scl[2 + 25:2 + 27, 2 + 10] = 3  # cloud shadow -> fine rows 50-53, cols 20-21
     scl[2 + 28, 2 + 28] = 5  # bare soil: kept
-    classes = _write(tmp_path / "before_scl.tif", scl, res=20, x0=X0 - 40, y0=Y0 + 40)
+    classes = write_raster(tmp_path / "before_scl.tif", scl, res=20, origin=(X0 - 40, Y0 + 40))
     excluded = np.zeros((N, N), bool)
     excluded[2:14, 2:14] = True
     excluded[40:42, 6:8] = True
@@ -116,11 +105,12 @@ def test_cli_mask_flags(scene, tmp_path):
                  str(tmp_path / "nope.tif"), "-q"]) == 2
 
 
-def test_mask_errors(scene, tmp_path, make_geotiff):
+def test_mask_errors(scene, tmp_path, make_geotiff, write_raster):
     b, a, _, _, _ = scene
     with pytest.raises(RasterReadError, match=r"--after-mask raster .*nope\.tif' does not exist"):
         PairReader(b, a, masks=MaskConfig(after_mask=str(tmp_path / "nope.tif")))
-    far = _write(tmp_path / "far.tif", np.ones((4, 4), "uint8"), res=20, x0=X0 + 1e5)
+    far = write_raster(tmp_path / "far.tif", np.ones((4, 4), "uint8"), res=20,
+                       origin=(X0 + 1e5, Y0))
     with pytest.raises(NoOverlapError, match=r"--before-mask .*does not overlap"):
         PairReader(b, a, masks=MaskConfig(before_mask=str(far)))
     plain = make_geotiff(np.ones((1, 10, 10), "uint8"), name="plain.tif", crs=None)
@@ -128,9 +118,10 @@ def test_mask_errors(scene, tmp_path, make_geotiff):
         PairReader(b, a, masks=MaskConfig(before_mask=str(plain)))
 
 
-def test_mask_outside_its_footprint_is_invalid(scene, tmp_path):
+def test_mask_outside_its_footprint_is_invalid(scene, tmp_path, write_raster):
     b, a, _, _, _ = scene
-    half = _write(tmp_path / "half.tif", np.ones((N // 2, N // 4), "uint8"), res=20)  # west half
+    half = write_raster(tmp_path / "half.tif", np.ones((N // 2, N // 4), "uint8"),
+                        res=20)  # west half
     with PairReader(b, a, masks=MaskConfig(before_mask=str(half))) as pair:
         valid = pair.read(0, N, 0, N).valid
     assert valid[:, : N // 2].all() and not valid[:, N // 2:].any()

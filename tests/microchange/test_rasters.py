@@ -231,8 +231,8 @@ def test_disjoint_footprints(make_geotiff) -> None:
         PairReader(b, a)
 
 
-def test_block_cache_assembles_windows_exactly_like_direct_reads(tmp_path) -> None:
-    import rasterio
+def test_block_cache_assembles_windows_exactly_like_direct_reads(write_raster,
+                                                                  tmp_path) -> None:
     from rasterio.windows import Window
 
     from microchange.io.datasets import BlockCache
@@ -240,11 +240,7 @@ def test_block_cache_assembles_windows_exactly_like_direct_reads(tmp_path) -> No
     rng = np.random.default_rng(4)
     data = rng.integers(0, 4000, (3, 100, 120)).astype("uint16")
     data[:, 40:45, 50:70] = 0  # nodata
-    path = tmp_path / "tiled.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=120, height=100, count=3,
-                       dtype="uint16", nodata=0, tiled=True, blockxsize=32,
-                       blockysize=32) as dst:
-        dst.write(data)
+    path = write_raster(tmp_path / "tiled.tif", data, crs=None, nodata=0, block=32)
     with rasterio.open(path) as ds:
         assert BlockCache.usable(ds, [1, 3])
         cache = BlockCache(ds, [3, 1], max_mb=1)

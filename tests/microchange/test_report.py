@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from microchange.config import DetectConfig, PreprocessConfig
@@ -55,21 +54,12 @@ def parse(path: Path) -> _Page:
     return page
 
 
-def write_gt(path: Path, truth: np.ndarray, driver: str = "GTiff") -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", driver=driver, width=truth.shape[1],
-                           height=truth.shape[0], count=1, dtype="uint8") as dst:
-            dst.write(np.where(truth, 255, 0).astype(np.uint8), 1)
-    return path
-
-
 @pytest.fixture
-def detected(planted_pair, tmp_path) -> tuple[Path, Path]:
+def detected(planted_pair, truth_raster, tmp_path) -> tuple[Path, Path]:
     before, after, truth = planted_pair
     out = tmp_path / "out"
     run_detection(before, after, out, DetectConfig(tile_size=64, preprocess=PreprocessConfig(radiometric="none", smoothing_sigma=0.0)))
-    return out, write_gt(tmp_path / "gt.tif", truth)
+    return out, truth_raster(truth)
 
 
 def test_report_with_metrics_embeds_every_figure(detected) -> None:
@@ -96,33 +86,30 @@ def test_report_without_metrics(detected) -> None:
     assert "microchange evaluate" in (out / "report.html").read_text()
 
 
-def test_report_on_non_georeferenced_png_inputs(planted_pair, tmp_path) -> None:
+def test_report_on_non_georeferenced_png_inputs(planted_pair, write_raster, truth_raster,
+                                                 tmp_path) -> None:
     _, _, truth = planted_pair
     rng = np.random.default_rng(3)
     before = rng.integers(40, 90, (3, *truth.shape)).astype(np.uint8)
     after = before.copy()
     after[:, truth] = 250
-    paths = []
+    paths = [write_raster(tmp_path / name, data, crs=None, driver="PNG")
+             for name, data in (("a.png", before), ("b.png", after))]
     out = tmp_path / "out"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        for name, data in (("a.png", before), ("b.png", after)):
-            paths.append(tmp_path / name)
-            with rasterio.open(paths[-1], "w", driver="PNG", width=data.shape[2],
-                               height=data.shape[1], count=3, dtype="uint8") as dst:
-                dst.write(data)
         run_detection(*paths, out, DetectConfig(tile_size=64))
-    gt = write_gt(tmp_path / "gt.bmp", truth, driver="BMP")
+    gt = truth_raster(truth, name="gt.bmp", crs=None, driver="BMP")
     page = parse(write_report(out, evaluate_run(out, gt), max_size=64))
     assert len(page.images) == len(ALL_FIGURES)
 
 
-def test_report_errors(detected, tmp_path) -> None:
+def test_report_errors(detected, truth_raster, tmp_path) -> None:
     out, _ = detected
     with pytest.raises(InputError, match="run `microchange detect"):
         write_report(tmp_path / "nothing")
     with pytest.raises(InputError, match="max_size"):
         write_report(out, max_size=4)
-    small = write_gt(tmp_path / "small.tif", np.zeros((5, 5), bool))
+    small = truth_raster(np.zeros((5, 5), bool), name="small.tif", crs=None)
     with pytest.raises(GridMismatchError, match=r"small\.tif"):
         write_report(out, truth=small)

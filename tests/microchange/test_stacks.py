@@ -22,22 +22,7 @@ X0, Y0 = 500_000.0, 4_000_000.0
 H, W = 40, 36  # fine (10 m) grid; the 20 m bands are 20 x 18
 
 
-def _write(path: Path, data: np.ndarray, *, res: float, nodata: float | None = None,
-           descriptions: tuple[str, ...] | None = None) -> Path:
-    if data.ndim == 2:
-        data = data[None]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
-                       count=data.shape[0], dtype=data.dtype, crs="EPSG:32633",
-                       transform=Affine(res, 0, X0, 0, -res, Y0), nodata=nodata) as dst:
-        dst.write(data)
-        if descriptions:
-            for i, d in enumerate(descriptions, start=1):
-                dst.set_band_description(i, d)
-    return path
-
-
-def _date(folder: Path, prefix: str, seed: int) -> dict[str, np.ndarray]:
+def _date(write_raster, folder: Path, prefix: str, seed: int) -> dict[str, np.ndarray]:
     """Sentinel-2-like folder: B02, B03 at 10 m, B05, B8A at 20 m, plus a B8 decoy at 60 m."""
     rng = np.random.default_rng(seed)
     bands = {
@@ -47,16 +32,17 @@ def _date(folder: Path, prefix: str, seed: int) -> dict[str, np.ndarray]:
         "B8A": rng.uniform(100, 1000, (H // 2, W // 2)).astype("float32"),
     }
     for name, data in bands.items():
-        _write(folder / f"{prefix}_{name}.tif", data, res=10.0 if data.shape[0] == H else 20.0)
+        write_raster(folder / f"{prefix}_{name}.tif", data,
+                     res=10.0 if data.shape[0] == H else 20.0)
     (folder / f"{prefix}_B02.tif.aux.xml").write_text("<PAMDataset/>")  # a sidecar, ignored
     (folder / "README.txt").write_text("not a raster")
     return bands
 
 
 @pytest.fixture
-def folders(tmp_path):
-    t1 = _date(tmp_path / "imgs_1", "S2A_OPER_20200101T105019_T31UDQ", seed=1)
-    t2 = _date(tmp_path / "imgs_2", "T31UDQ_20200611T105031", seed=2)
+def folders(tmp_path, write_raster):
+    t1 = _date(write_raster, tmp_path / "imgs_1", "S2A_OPER_20200101T105019_T31UDQ", seed=1)
+    t2 = _date(write_raster, tmp_path / "imgs_2", "T31UDQ_20200611T105031", seed=2)
     return tmp_path / "imgs_1", tmp_path / "imgs_2", t1, t2
 
 
@@ -123,14 +109,15 @@ def test_glob_input_and_other_resolution(folders):
         resolve_input(str(t1_dir / "*_B99.tif"), ("B02",), role="BEFORE")
 
 
-def test_missing_and_ambiguous_bands_name_the_folder_and_files(folders):
+def test_missing_and_ambiguous_bands_name_the_folder_and_files(folders, write_raster):
     t1_dir, t2_dir, _, _ = folders
     with pytest.raises(BandMismatchError, match=r"no file for band 'B04' in BEFORE .*imgs_1") as e:
         PairReader(t1_dir, t2_dir, bands=("B02", "B04"))
     msg = str(e.value)
     assert "S2A_OPER_20200101T105019_T31UDQ_B02.tif" in msg and "--bands" in msg
     assert "B02, B03, B05, B8A" in msg and "README" not in msg
-    _write(t2_dir / "T31UDQ_20200611T105031_B02_copy.tif", np.zeros((H, W), "float32"), res=10)
+    write_raster(t2_dir / "T31UDQ_20200611T105031_B02_copy.tif", np.zeros((H, W), "float32"),
+                 res=10)
     with pytest.raises(BandMismatchError, match=r"band 'B02' matches 2 files in AFTER .*imgs_2"):
         PairReader(t1_dir, t2_dir, bands=("B02",))
     with pytest.raises(BandMismatchError, match=r"name the bands to stack.*--bands"):
@@ -158,14 +145,14 @@ def test_mixing_indexes_and_names_is_an_error(folders):
     assert exc.value.code == 2
 
 
-def test_nodata_of_each_band_is_honoured(tmp_path):
+def test_nodata_of_each_band_is_honoured(tmp_path, write_raster):
     fine = np.full((H, W), 500, "uint16")
     fine[5, 7] = 0  # nodata in one fine band only -> that pixel is invalid
     coarse = np.full((H // 2, W // 2), 300, "uint16")
     coarse[8:13, 8:13] = 0  # a 5x5 nodata hole at 20 m -> fine pixels whose kernel is all nodata
     for d in ("a", "b"):
-        _write(tmp_path / d / f"{d}_B02.tif", fine, res=10, nodata=0)
-        _write(tmp_path / d / f"{d}_B05.tif", coarse, res=20, nodata=0)
+        write_raster(tmp_path / d / f"{d}_B02.tif", fine, res=10, nodata=0)
+        write_raster(tmp_path / d / f"{d}_B05.tif", coarse, res=20, nodata=0)
     with PairReader(tmp_path / "a", tmp_path / "b", bands=("B02", "B05")) as pair:
         valid = pair.read(0, H, 0, W).valid
     assert not valid[5, 7]
@@ -174,9 +161,10 @@ def test_nodata_of_each_band_is_honoured(tmp_path):
     assert (~valid).sum() < 1 + 10 * 10  # the 5x5 coarse hole covers at most 10x10 fine px
 
 
-def test_names_select_bands_of_a_file_by_description(tmp_path):
+def test_names_select_bands_of_a_file_by_description(tmp_path, write_raster):
     data = np.stack([np.full((H, W), v, "uint16") for v in (1, 2, 3, 4)])
-    f = _write(tmp_path / "stack.tif", data, res=10, descriptions=("B02", "B03", "B04", "B08"))
+    f = write_raster(tmp_path / "stack.tif", data, res=10,
+                     descriptions=("B02", "B03", "B04", "B08"))
     with PairReader(f, f, bands=("B08", "B02")) as pair:
         arr = pair.read(0, 2, 0, 2)
         assert pair.sources["before"][0].band == 4
