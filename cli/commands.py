@@ -21,7 +21,7 @@ from typing import Any
 
 from microchange.cli.options import config_from_args, describe_choices
 from microchange.config import DetectConfig, Method, ScorerName, choices
-from microchange.errors import ConfigError, InputNotFoundError
+from microchange.errors import ConfigError, InputError, InputNotFoundError
 from microchange.types import METRICS_NAME
 
 __all__ = ("COMMANDS", "add_runner_options")
@@ -68,6 +68,54 @@ def _check_runner(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if getattr(args, "workers", None) is not None and getattr(args, "scheduler", None):
         parser.error("--workers sizes a LocalCluster; with --scheduler the workers of that "
                      "cluster are used: drop --workers")
+
+
+def _check_device(args: argparse.Namespace, config: DetectConfig | None = None) -> None:
+    """``--device cuda`` (flag or --config) needs a CUDA device here, whatever the method.
+
+    Checked in this process unless the work runs on an existing Dask cluster (``--scheduler``),
+    whose workers may have the GPU this machine lacks.
+
+    Raises:
+        ConfigError: If CUDA is asked for and torch sees no CUDA device.
+    """
+    asked = getattr(args, "device", None) or (config.deep.device if config else None)
+    if not asked or not str(asked).startswith("cuda") or getattr(args, "scheduler", None):
+        return
+    from microchange.features.devices import cuda_available
+
+    if not cuda_available():
+        raise ConfigError(f"--device {asked}: no CUDA GPU is available here (torch sees no CUDA "
+                          "device; check the driver and CUDA_VISIBLE_DEVICES): use --device cpu "
+                          "or --device auto")
+
+
+class _NoInputTraceback(logging.Filter):
+    """A console log record of a failure on bad input keeps its message, not its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], InputError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextmanager
+def _flow_console() -> Iterator[None]:
+    """While a flow runs here: Prefect's console shows no traceback for bad input.
+
+    Prefect logs a failed task or flow run with its traceback; the command prints the error's
+    message once and exits 2. The run's logs in the Prefect API keep the traceback (their
+    handlers see the record before the console's).
+    """
+    handlers = list(logging.getLogger().handlers)
+    quiet = _NoInputTraceback()
+    for h in handlers:
+        h.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(quiet)
 
 
 class _Progress:
@@ -122,16 +170,19 @@ def _run_detection(args: argparse.Namespace, config: DetectConfig, before: str, 
     if args.runner == "dask":  # the workers use this process's API, not one each
         from microchange.flows.runners import shared_prefect_api
 
-        with shared_prefect_api():
+        with shared_prefect_api(), _flow_console():
             result: dict[str, Any] = flow(before=before, after=after, out=out, config=config)
         return result
-    result = flow(before=before, after=after, out=out, config=config)
+    with _flow_console():
+        result = flow(before=before, after=after, out=out, config=config)
     return result
 
 
 def _cmd_detect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     _check_runner(parser, args)
+    _check_device(args)
     config = config_from_args(args)
+    _check_device(args, config)
     t0 = time.perf_counter()
     summary = _run_detection(args, config, args.before, args.after, args.out)
     print(f"outputs in {summary['out']}")
@@ -167,15 +218,18 @@ def _training_method(doc: dict[str, Any]) -> None:
 
 def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     _check_runner(parser, args)
+    _check_device(args)
     config = config_from_args(args, validate=_training_method)
+    _check_device(args, config)
     pairs = [(b, a) for b, a in args.pairs]
     t0 = time.perf_counter()
     with _epoch_log(args.quiet):
         if args.runner == "prefect":
             from microchange.flows.train import train_feature_extractor
 
-            summary = train_feature_extractor(before=args.before, after=args.after,
-                                              out=args.out, config=config, more_pairs=pairs)
+            with _flow_console():
+                summary = train_feature_extractor(before=args.before, after=args.after,
+                                                  out=args.out, config=config, more_pairs=pairs)
         else:
             from microchange.training import train_extractor
 
@@ -211,10 +265,11 @@ def _evaluate(args: argparse.Namespace, out: Path, truth: str, *, changed_values
     if args.runner == "prefect":
         from microchange.flows.evaluate import evaluate_changes
 
-        result: dict[str, Any] = evaluate_changes(
-            out=str(out), truth=truth, changed_values=changed_values,
-            ignore_values=ignore_values, unchanged_values=unchanged_values,
-            truth_threshold=truth_threshold, report=report)
+        with _flow_console():
+            result: dict[str, Any] = evaluate_changes(
+                out=str(out), truth=truth, changed_values=changed_values,
+                ignore_values=ignore_values, unchanged_values=unchanged_values,
+                truth_threshold=truth_threshold, report=report)
         return result
     from microchange.evaluation import evaluate_run, write_report
 

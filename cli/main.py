@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from microchange.cli.commands import COMMANDS, add_runner_options
-from microchange.cli.options import add_config_options
+from microchange.cli.options import add_config_options, flag
 from microchange.errors import InputError
 
 __all__ = ("build_parser", "main")
@@ -27,6 +27,22 @@ TRAIN_EXCLUDES = ("method", "scorer", "threshold", "tile_size", "batch_tiles", "
                   "min_region_m2", "opening_radius", "closing_radius", "precision", "backbone",
                   "layers", "weights", "model")
 """DetectConfig fields that do not apply to training (no flag on ``train``)."""
+
+
+class _DetectOnly(argparse.Action):
+    """A detect option given to ``train``: an error that says where it applies."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        where = {"--model": "`microchange detect --method learned --model CKPT` (train writes "
+                            "the checkpoint to --out)",
+                 "--weights": "`microchange detect --method backbone`",
+                 "--backbone": "`microchange detect --method backbone`",
+                 "--layers": "`microchange detect --method backbone`",
+                 "--precision": "`microchange detect` (inference)"}.get(
+            str(option_string), "`microchange detect` (scoring and mapping the changes)")
+        parser.error(f"{option_string} applies to {where}, not to train: drop it here and give "
+                     "it to detect")
 
 
 def _detect_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,6 +75,9 @@ def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--out", required=True, metavar="CKPT",
                    help="checkpoint file to write, e.g. model.ckpt")
     add_config_options(p, exclude=TRAIN_EXCLUDES)
+    for name in TRAIN_EXCLUDES:  # refused with a message rather than "unrecognized arguments"
+        p.add_argument(flag(name), dest=f"_not_{name}", action=_DetectOnly, nargs="?",
+                       help=argparse.SUPPRESS)
     add_runner_options(p, runners=("local", "prefect"), default="local", threads=False)
 
 

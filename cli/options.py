@@ -163,15 +163,38 @@ def config_from_args(args: argparse.Namespace, *, base: dict[str, Any] | None = 
         raise ConfigError(validation_message(exc)) from None
 
 
+def _allowed(loc: tuple[Any, ...]) -> str:
+    """``: give a whole number from 32 to 8192`` for a bounded numeric field, else ''."""
+    model: Any = DetectConfig
+    field = None
+    for part in loc:
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return ""
+        field = fields[part]
+        model = field.annotation
+    if field is None:
+        return ""
+    bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "lt")
+              if getattr(m, k, None) is not None}
+    if not bounds:
+        return ""
+    kind = "a whole number" if int in _members(field.annotation) else "a number"
+    if "ge" in bounds and "le" in bounds:
+        return f": give {kind} from {bounds['ge']} to {bounds['le']}"
+    ops = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return f": give {kind} " + " and ".join(f"{ops[k]} {v}" for k, v in bounds.items())
+
+
 def validation_message(exc: ValidationError) -> str:
-    """One line per invalid value: the field, its flag, what is wrong and the value given."""
+    """One line per invalid value: the field, its flag, what is wrong, the value given, the fix."""
     lines = []
     for e in exc.errors():
         where = [str(p) for p in e["loc"] if p not in CONFIG_SECTIONS]
         name = where[-1] if where else "config"
         shown = f"{name} ({flag(name)})" if where else name
         lines.append(f"  {shown}: {e['msg'].removeprefix('Value error, ')} "
-                     f"(got {e.get('input')!r})")
+                     f"(got {e.get('input')!r}){_allowed(tuple(e['loc']))}")
     return "invalid parameters:\n" + "\n".join(lines)
 
 

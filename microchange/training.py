@@ -138,6 +138,7 @@ def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
     extractor = build_detector(config).extractor  # bad objective or device: before any I/O
     if not isinstance(extractor, LearnedFeatures):  # pragma: no cover - registry broken
         raise ConfigError("the 'learned' method does not use LearnedFeatures")
+    created = not out.parent.exists()  # removed again if training fails before writing
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".microchange-train-", dir=out.parent))
@@ -163,6 +164,8 @@ def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
                               "choose a writable --out") from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if created and not any(out.parent.iterdir()):
+            out.parent.rmdir()
     training = extractor.training
     log.info("trained learned/%s in %d epochs (held-out loss %.4g): %s", extractor.objective,
              training["epochs_run"], training["best_loss"], out)

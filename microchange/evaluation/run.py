@@ -20,7 +20,13 @@ import rasterio
 from numpy.typing import NDArray
 from rasterio.windows import Window
 
-from microchange.errors import BandMismatchError, GridMismatchError, InputError, OutputError
+from microchange.errors import (
+    BandMismatchError,
+    ConfigError,
+    GridMismatchError,
+    InputError,
+    OutputError,
+)
 from microchange.evaluation.metrics import (
     MaskCounter,
     ObjectCounter,
@@ -28,7 +34,7 @@ from microchange.evaluation.metrics import (
     decode_truth,
     ranking_metrics,
 )
-from microchange.io.datasets import open_raster
+from microchange.io.datasets import open_raster, read_errors
 from microchange.io.manifest import read_run_manifest, run_rasters, write_json_atomic
 from microchange.types import METRICS_NAME, MaskValue, PathLike
 
@@ -45,13 +51,28 @@ def _encoding(
     unchanged_values: Iterable[int] | None,
     truth_threshold: float | None,
 ) -> dict[str, Any]:
-    """The truth encoding as plain lists (keyword arguments of :func:`decode_truth`)."""
-    return {
+    """The truth encoding as plain lists (keyword arguments of :func:`decode_truth`).
+
+    Raises:
+        ConfigError: If ``truth_threshold`` is not a finite number, or a value is both changed
+            and unchanged.
+    """
+    encoding: dict[str, Any] = {
         "changed_values": [int(v) for v in changed_values],
         "ignore_values": [int(v) for v in ignore_values],
         "unchanged_values": None if unchanged_values is None else [int(v) for v in unchanged_values],
         "truth_threshold": None if truth_threshold is None else float(truth_threshold),
     }
+    cut = encoding["truth_threshold"]
+    if cut is not None and not math.isfinite(cut):
+        raise ConfigError(f"truth_threshold (--truth-threshold) {truth_threshold!r} is not a "
+                          "finite number: give the value above which truth pixels are changed, "
+                          "e.g. 128")
+    both = sorted(set(encoding["changed_values"]) & set(encoding["unchanged_values"] or ()))
+    if both and encoding["truth_threshold"] is None:
+        raise ConfigError(f"truth value(s) {both} are both changed (--changed-values) and "
+                          "unchanged (--unchanged-values): list each value once")
+    return encoding
 
 
 def _check_grid(ds: Any, ref: Any, path: PathLike, ref_path: PathLike, role: str) -> None:
@@ -79,6 +100,7 @@ class _Blocks:
     def __init__(self, stack: ExitStack, mask_path: PathLike, truth_path: PathLike, band: int,
                  encoding: dict[str, Any], score_path: PathLike | None = None) -> None:
         self.mask_path, self.band, self.encoding = mask_path, band, encoding
+        self.truth_path, self.score_path = truth_path, score_path
         self.mask = stack.enter_context(open_raster(mask_path, role="mask"))
         self.truth = stack.enter_context(open_raster(truth_path, role="truth"))
         _check_grid(self.truth, self.mask, truth_path, mask_path, "truth")
@@ -95,11 +117,16 @@ class _Blocks:
                                                      NDArray[np.bool_], NDArray[Any] | None]]:
         """(mask, changed, labelled, score or None) of each block of ``block_rows`` rows."""
         for window in _row_windows(self.mask.height, self.mask.width, block_rows):
-            mask = self.mask.read(1, window=window)
+            with read_errors(self.mask_path, role="mask"):
+                mask = self.mask.read(1, window=window)
             check_mask_values(mask, f"mask {str(self.mask_path)!r}")
-            changed, labelled = decode_truth(self.truth.read(self.band, window=window),
-                                             **self.encoding)
-            score = None if self.score is None else self.score.read(1, window=window)
+            with read_errors(self.truth_path, role="truth"):
+                truth = self.truth.read(self.band, window=window)
+            changed, labelled = decode_truth(truth, **self.encoding)
+            score = None
+            if self.score is not None:
+                with read_errors(str(self.score_path), role="score"):
+                    score = self.score.read(1, window=window)
             yield mask, changed, labelled, score
 
 
@@ -294,7 +321,8 @@ def _score_range(ds: Any, block_rows: int) -> tuple[float, float]:
             pass
     lo, hi = math.inf, -math.inf
     for window in _row_windows(ds.height, ds.width, block_rows):
-        score = ds.read(1, window=window)
+        with read_errors(ds.name, role="score"):
+            score = ds.read(1, window=window)
         finite = score[np.isfinite(score)]
         if finite.size:
             lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))

@@ -11,6 +11,7 @@ import json
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
@@ -18,15 +19,17 @@ import numpy as np
 import rasterio
 from affine import Affine
 from numpy.typing import NDArray
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import MaskFlags
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
 from microchange.errors import InputNotFoundError, RasterReadError
 from microchange.types import PathLike, is_remote
 
 __all__ = ("FORMATS_HINT", "GDAL_CACHE_MB", "BlockCache", "Closing", "content_digest",
-           "input_path", "is_georeferenced", "is_remote", "open_raster", "read_valid")
+           "input_path", "is_georeferenced", "is_remote", "open_raster", "read_errors",
+           "read_valid")
 
 GDAL_CACHE_MB = 256
 """Cap of GDAL's block cache while windows are read, in MiB (its default, 5 % of RAM, would grow
@@ -222,6 +225,40 @@ def open_raster(path: PathLike, *, role: str = "raster") -> Any:
             raise _remote_error(path, role, exc) from exc
         raise RasterReadError(
             f"cannot read {role} raster {str(path)!r} ({exc}): {FORMATS_HINT}"
+        ) from exc
+
+
+def _read_detail(exc: BaseException) -> str:
+    """GDAL's own words for a failed read (e.g. 'TIFFReadEncodedTile() failed').
+
+    rasterio raises 'Read failed. See previous exception for details.' from GDAL's error.
+    """
+    cause = exc.__cause__ or exc.__context__
+    text = str(cause if isinstance(cause, CPLE_BaseError) else exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+@contextmanager
+def read_errors(path: PathLike, *, role: str = "raster") -> Iterator[None]:
+    """Turn a failed read of pixels (truncated or corrupt file) into a :class:`RasterReadError`.
+
+    A file whose header opens but whose pixel data is cut short or damaged only fails when a
+    window is read; GDAL then raises ``RasterioIOError: Read failed``, which names nothing.
+
+    Args:
+        path: The file (or folder/glob of a band stack) read in the block.
+        role: Name used in messages ('BEFORE', 'AFTER', 'truth', a mask flag).
+
+    Raises:
+        RasterReadError: Naming the file, GDAL's reason and the fix.
+    """
+    try:
+        yield
+    except (RasterioError, CPLE_BaseError) as exc:
+        raise RasterReadError(
+            f"cannot read the pixels of {role} raster {str(path)!r} ({_read_detail(exc)}): the "
+            "file is truncated or corrupt; copy or export it again (gdalinfo -checksum FILE "
+            "shows whether GDAL can read every block)"
         ) from exc
 
 

@@ -23,7 +23,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from microchange.errors import GridMismatchError, MissingCRSError, NoOverlapError
-from microchange.io.datasets import Closing, is_georeferenced, open_raster
+from microchange.io.datasets import Closing, is_georeferenced, open_raster, read_errors
 from microchange.types import Grid
 
 if TYPE_CHECKING:
@@ -142,7 +142,8 @@ class MaskReader(Closing):
         """(H, W) bool of ``window``: True where every mask keeps the pixel."""
         keep = np.ones((int(window.height), int(window.width)), dtype=bool)
         for layer in self._layers:
-            keep &= layer.read(window)
+            with read_errors(layer.path, role=MASK_FLAGS[layer.field]):
+                keep &= layer.read(window)
         return keep
 
     def close(self) -> None:

@@ -30,6 +30,7 @@ from microchange.io.datasets import (
     BlockCache,
     Closing,
     is_georeferenced,
+    read_errors,
     read_valid,
 )
 from microchange.io.masks import MaskReader
@@ -260,19 +261,20 @@ class PairReader(Closing):
     def _read(self, r0: int, r1: int, c0: int, c1: int) -> PairArrays:
         window = Window(c0, r0, c1 - c0, r1 - r0)
         idx = list(self.bands)
-        if self._cache_before is not None:
-            before, valid = self._cache_before.read(window)
-        else:
-            before = self._before.read(idx, window=window, out_dtype="float32")
-            valid = read_valid(self._before, idx, window)
+        with read_errors(self.before_path, role="BEFORE"):
+            if self._cache_before is not None:
+                before, valid = self._cache_before.read(window)
+            else:
+                before = self._before.read(idx, window=window, out_dtype="float32")
+                valid = read_valid(self._before, idx, window)
         if self._masks is not None:
             valid &= self._masks.read(window)
-        if self.after_warp is not None:
-            after, valid_after = self._read_after_warped(self.after_warp, r0, r1, c0, c1)
-            valid &= valid_after
-        else:
-            after, valid_after = self._read_after(window)
-            valid &= valid_after
+        with read_errors(self.after_path, role="AFTER"):
+            if self.after_warp is not None:
+                after, valid_after = self._read_after_warped(self.after_warp, r0, r1, c0, c1)
+            else:
+                after, valid_after = self._read_after(window)
+        valid &= valid_after
         if before.dtype.kind == "f":
             valid &= np.isfinite(before).all(axis=0) & np.isfinite(after).all(axis=0)
         before[:, ~valid] = 0.0

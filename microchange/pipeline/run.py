@@ -72,12 +72,14 @@ def run_detection(
 def discard_run(plan_path: PathLike) -> None:
     """Remove the staging folder of a run that failed on bad input (nothing worth resuming).
 
-    Any other failure (a crash, a kill, a full disk) keeps the staging folder: the next run with
-    the same inputs and parameters resumes from it. Final outputs are never touched.
+    The output folder goes too when nothing else is left in it, so that a bad input leaves no
+    trace. Any other failure (a crash, a kill, a full disk) keeps the staging folder: the next
+    run with the same inputs and parameters resumes from it. Final outputs are never touched.
     """
     staging = Path(plan_path).parent
     shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.parent.rmdir()
-    except OSError:
-        pass
+    for empty in (staging.parent, staging.parent.parent):  # OUT/.microchange-staging, OUT
+        try:
+            empty.rmdir()
+        except OSError:  # not empty (other runs, earlier outputs), or gone
+            break
