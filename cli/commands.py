@@ -143,8 +143,10 @@ def _summary_line(summary: dict[str, Any], seconds: float) -> str:
     c = summary["counts"]
     area = c.get("changed_area_m2")
     area_txt = f", {area / 1e4:.2f} ha" if area is not None else ""
-    return (f"changed {c['changed_px']:,} px ({100 * c['changed_fraction']:.3f}%{area_txt}) "
-            f"in {c['regions']:,} regions; {c['tiles']} tiles ({c['tiles_changed']} with change); "
+    found = (f"changed {c['changed_px']:,} px ({100 * c['changed_fraction']:.3f}%{area_txt}) "
+             f"in {c['regions']:,} regions" if c["changed_px"] else
+             "no change found (0 px changed)")
+    return (f"{found}; {c['tiles']} tiles ({c['tiles_changed']} with change); "
             f"threshold {summary['threshold']['method']}={summary['threshold']['value']:.4g}; "
             f"{seconds:.1f} s")
 

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 
 from microchange.cli import main
 
@@ -46,8 +48,10 @@ def write_tif(path: Path, data: np.ndarray, *, crs: str | None = "EPSG:32633",
         profile.update(crs=crs, transform=Affine(res, 0, origin[0], 0, -res, origin[1]))
     if height >= 16 and width >= 16:
         profile.update(tiled=True, blockxsize=16, blockysize=16)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
     return path
 
 
