@@ -1,5 +1,7 @@
 """`microchange train`: checkpoint + loss curve, exit codes for bad options."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,9 +23,41 @@ def test_train_writes_checkpoint_and_loss_curve(planted_pair, tmp_path, capsys) 
     assert meta["bands"] == 4 and meta["training"]["seed"] == 1
     assert [p.name for p in (tmp_path / "models").iterdir()] != []
     assert not list((tmp_path / "models").glob(".*"))  # no temporary file left
-    code = main(["detect", str(before), str(after), "--out", str(tmp_path / "o"), "--method",
-                 "learned", "--model", str(ckpt), "--seed", "1", "-q"])
-    assert code == 0 and (tmp_path / "o" / "run.json").is_file()
+
+
+def _score(out: Path) -> bytes:
+    return (out / "change_score.tif").read_bytes()
+
+
+def test_detect_uses_the_checkpoint(planted_pair, tmp_path, monkeypatch) -> None:
+    """--model loads the checkpoint instead of training: the scores equal those of the same
+    training done on the fly, and differ from those of the untrained network."""
+    from microchange.features.learned import extractor
+
+    before, after, _ = planted_pair
+    ckpt = tmp_path / "model.ckpt"
+    assert main(["train", str(before), str(after), "--out", str(ckpt), "--epochs", "1",
+                 "--device", "cpu", "--seed", "1", "-q"]) == 0
+    detect = ["detect", str(before), str(after), "--method", "learned", "--device", "cpu",
+              "--seed", "1", "-q", "--out"]
+    assert main([*detect, str(tmp_path / "fly"), "--epochs", "1"]) == 0
+
+    loaded = []
+    real_load = checkpoints.load
+    monkeypatch.setattr(checkpoints, "load", lambda path: loaded.append(path) or real_load(path))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("detect --model trained a network")
+
+    monkeypatch.setattr(extractor, "train_network", no_training)
+    assert main([*detect, str(tmp_path / "ckpt"), "--model", str(ckpt)]) == 0
+    assert {Path(p) for p in loaded} == {ckpt}
+    assert _score(tmp_path / "ckpt") == _score(tmp_path / "fly")
+
+    untrained = {"epochs_run": 0, "loss_history": []}
+    monkeypatch.setattr(extractor, "train_network", lambda *args, **kwargs: dict(untrained))
+    assert main([*detect, str(tmp_path / "untrained")]) == 0
+    assert _score(tmp_path / "untrained") != _score(tmp_path / "ckpt")
 
 
 def test_train_on_two_pairs(planted_pair, tmp_path, capsys) -> None:

@@ -56,20 +56,72 @@ def trained(scene, tmp_path_factory):
     return summary, root / "model.ckpt", fly
 
 
-def test_training_learns_a_nonlinear_radiometric_change_in_seconds() -> None:
-    """AFTER = sqrt of BEFORE's bands in another order: CVA sees change everywhere."""
+def _mixed_bands(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """BEFORE: three smooth, uncorrelated bands. AFTER: the same bands permuted, one negated
+    (a sensor nuisance CVA sees everywhere, a 1x1 mapping a network learns), plus eight 4 x 4
+    changes of 1.5 standard deviations per band.
+
+    Returns:
+        (3, n, n) float32 BEFORE and AFTER, and the (n, n) bool truth.
+    """
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    fields = np.stack([ndimage.gaussian_filter(rng.normal(size=(n, n)), 2) for _ in range(3)])
+    fields = (fields - fields.mean((1, 2), keepdims=True)) / fields.std((1, 2), keepdims=True)
+    after = np.stack([fields[1], -fields[2], fields[0]]) + rng.normal(0, 0.05, fields.shape)
+    before = fields + rng.normal(0, 0.05, fields.shape)
+    truth = np.zeros((n, n), bool)
+    for _ in range(8):
+        r, c = rng.integers(4, n - 8, 2)
+        truth[r:r + 4, c:c + 4] = True
+    after[:, truth] += rng.choice([-1, 1], (3, 1)) * 1.5
+    return before.astype(np.float32), after.astype(np.float32), truth
+
+
+def _auc(score: np.ndarray, truth: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    ok = np.isfinite(score)
+    return float(roc_auc_score(truth[ok], score[ok]))
+
+
+def test_training_learns_away_a_band_mixing_that_cva_flags() -> None:
+    """The untrained network is the identity (deep CVA = CVA of z-scores, by design); trained on
+    the pair it predicts each date from the other, so the residual of unchanged pixels shrinks
+    and the changes stand out: a training that does not learn fails here."""
+    from microchange.features.bands import BandFeatures
     from microchange.features.learned import LearnedFeatures
+    from microchange.scoring.distance import CvaScorer
     from microchange.types import PairArrays
 
-    s = make_scene(height=96, width=96, bands=3, seed=5, n_changes=4, shift_px=0.0)
-    after = np.sqrt(np.clip(s.after[[1, 2, 0]], 0, None)).astype(np.float32)
-    valid = np.ones(s.truth.shape, bool)
+    before, after, truth = _mixed_bands()
+    block = PairArrays(before, after, np.ones(truth.shape, bool), 0)
+    bands = BandFeatures()
+    bands.fit([block])
+    cva = CvaScorer().score(bands.extract(block))
     ext = LearnedFeatures(objective="cross", device="cpu", epochs=8, patience=8)
-    ext.fit([PairArrays(s.before, after, valid, 0)])
+    ext.fit([block])
+    residual = CvaScorer().score(ext.extract(block))
+    assert _auc(cva, truth) < 0.85  # the nuisance hides the changes from CVA
+    assert _auc(residual, truth) > max(0.95, _auc(cva, truth) + 0.1)
+    assert residual[~truth].mean() < 0.6 * cva[~truth].mean()
     t = ext.training
     assert t["best_loss"] < 0.9 * t["initial_loss"]
-    assert t["loss_history"][-1] < t["loss_history"][0]
-    assert t["seconds"] < 60  # ~1 s on 2 idle cores; generous for loaded CI machines
+
+
+def test_a_learned_run_ranks_changes_that_a_cva_run_cannot(make_geotiff, tmp_path) -> None:
+    """Through the whole pipeline (preprocessing, sample, scorer): the score map of 'learned'
+    separates the changes from the mixed bands, CVA's does not."""
+    before, after, truth = _mixed_bands()
+    b = make_geotiff(before, name="b.tif")
+    a = make_geotiff(after, name="a.tif")
+    auc = {}
+    for method, config in (("learned", _config(epochs=8, patience=8)),
+                           ("cva", DetectConfig(method="cva"))):
+        run_detection(b, a, tmp_path / method, config)
+        auc[method] = _auc(_read(tmp_path / method / "change_score.tif"), truth)
+    assert auc["cva"] < 0.8 and auc["learned"] > auc["cva"] + 0.15, auc
 
 
 def test_train_extractor_summary_and_loss_curve(trained) -> None:
@@ -122,12 +174,6 @@ def test_training_pairs_with_another_band_count_are_refused(scene, tmp_path) -> 
                         more_pairs=[(four["before"], four["after"])])
     assert not (tmp_path / "m.ckpt").exists()
     assert not list(tmp_path.glob(".microchange-train-*"))
-
-
-def test_changes_score_above_unchanged_areas(trained, scene) -> None:
-    _, truth = scene
-    score = _read(trained[2] / "change_score.tif")
-    assert np.nanmean(score[truth]) > 2 * np.nanmean(score[~truth])
 
 
 def test_checkpoint_round_trip_equals_on_the_fly(trained, scene, tmp_path) -> None:
