@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from microchange.cli.commands import COMMANDS, add_runner_options
 from microchange.cli.options import add_config_options, flag
-from microchange.errors import InputError
+from microchange.errors import InputError, OutputError
 
 __all__ = ("build_parser", "main")
 
@@ -152,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"microchange: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OutputError as exc:  # a full disk: the message names the folder and the fix
+        print(f"microchange: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("microchange: interrupted; no output was replaced", file=sys.stderr)
         return 130

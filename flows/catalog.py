@@ -12,6 +12,7 @@ from microchange.catalog import PairResult, PairSpec, catalog_pairs, pair_config
 from microchange.config import DetectConfig
 from microchange.errors import MicrochangeError
 from microchange.flows.detect import detect_changes
+from microchange.io.outdir import check_output_path
 from microchange.tasks.catalog import pair_is_complete, read_catalog, write_catalog_outputs
 from microchange.tasks.publish import publish_table
 
@@ -26,6 +27,7 @@ def _detect_pair(pair: PairSpec, out: str, config: DetectConfig) -> PairResult:
     run_id: str | None = None
     try:
         cfg = pair_config(config, pair)
+        check_output_path(Path(out) / pair.folder)
         if pair_is_complete(pair, out, cfg):
             return pair_result(pair, out, "skipped")
         state = detect_changes(pair.before.path, pair.after.path, str(Path(out) / pair.folder),
@@ -73,7 +75,8 @@ def detect_changes_catalog(
     Args:
         catalog: Catalog file: YAML/JSON (``areas`` with their dated acquisitions) or a STAC
             ItemCollection (area = ``microchange:area`` property or collection).
-        out: Output folder of the catalog.
+        out: Output folder of the catalog; inside ``$MICROCHANGE_OUTPUT_ROOT`` when the worker
+            sets it (as is every pair's folder).
         config: Detection parameters of every pair (an area's ``config`` in the catalog
             overrides fields); no config runs the optical defaults.
         pairs_at_once: Pairs detected at the same time (each uses every core for its tiles;
@@ -84,6 +87,7 @@ def detect_changes_catalog(
     """
     if pairs_at_once < 1:
         raise MicrochangeError(f"pairs_at_once={pairs_at_once!r}: give 1 or more")
+    check_output_path(out)
     loaded = read_catalog(catalog)
     for err in loaded.errors:
         get_run_logger().error("catalog entry skipped: %s", err)

@@ -10,6 +10,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from microchange.config import DetectConfig
 from microchange.errors import InputError
 from microchange.flows.runners import dask_task_runner, gpu_annotation
+from microchange.io.outdir import check_output_path
 from microchange.parallel import available_cpus
 from microchange.pipeline import discard_run, tile_batches
 from microchange.tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
@@ -38,7 +39,8 @@ def detect_changes(
     Args:
         before: Path of the raster at t0 (GeoTIFF/COG, ENVI, PNG...); defines the output grid.
         after: Path of the raster at t1; resampled onto BEFORE's grid if its grid differs.
-        out: Output folder (created if missing).
+        out: Output folder (created if missing); inside ``$MICROCHANGE_OUTPUT_ROOT`` when the
+            worker sets it.
         config: Detection parameters (method, sensor family, threshold, tile size, bands,
             preprocessing...); fields left out take the sensor family's defaults, and no
             config at all runs the optical defaults.
@@ -49,6 +51,7 @@ def detect_changes(
         Summary with output paths, counts, the threshold and timings.
     """
     started = time.time()
+    check_output_path(out)  # bad input: fails before any task (and is never retried)
     config = config or DetectConfig()
     plan = plan_tiles(before, after, out, config)
     try:

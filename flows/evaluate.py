@@ -5,6 +5,7 @@ from typing import Any
 
 from prefect import flow
 
+from microchange.io.outdir import check_output_path
 from microchange.tasks.evaluate import evaluate_run, write_report
 from microchange.tasks.publish import publish_report_link
 from microchange.types import METRICS_NAME
@@ -32,7 +33,8 @@ def evaluate_changes(
     object recall by size) and ``out/report.html`` with its figures in ``out/report/``.
 
     Args:
-        out: Output folder of a finished detect-changes run (holds change_mask.tif).
+        out: Output folder of a finished detect-changes run (holds change_mask.tif); inside
+            ``$MICROCHANGE_OUTPUT_ROOT`` when the worker sets it.
         truth: Path of the ground-truth raster (any GDAL format), same height and width as the
             change mask.
         changed_values: Truth pixel values meaning "changed" (unused with truth_threshold).
@@ -50,6 +52,7 @@ def evaluate_changes(
         The headline metrics (precision, recall, f1, iou, oa, kappa, pr_auc, roc_auc, the
         confusion counts, object_recall, threshold) and the paths ``metrics`` and ``report``.
     """
+    check_output_path(out)
     metrics = evaluate_run(out, truth, changed_values, ignore_values, unchanged_values,
                            truth_threshold)
     written = write_report(out, metrics) if report else None

@@ -5,6 +5,7 @@ from typing import Any
 from prefect import flow
 
 from microchange.config import DetectConfig
+from microchange.io.outdir import check_output_path
 from microchange.tasks.train import train_extractor
 
 
@@ -26,7 +27,8 @@ def train_feature_extractor(
     Args:
         before: Path of the raster at t0 (GeoTIFF/COG, ENVI, PNG...); defines the pixel grid.
         after: Path of the raster at t1; resampled onto BEFORE's grid if its grid differs.
-        out: Checkpoint file to write, e.g. ``models/field42.ckpt``.
+        out: Checkpoint file to write, e.g. ``models/field42.ckpt``; inside
+            ``$MICROCHANGE_OUTPUT_ROOT`` when the worker sets it.
         config: Parameters with ``method`` 'learned' (or left out): sensor family, bands,
             seed, sample size, preprocessing, masks and ``deep`` (objective, epochs, patience,
             device); None trains with the optical defaults.
@@ -36,6 +38,7 @@ def train_feature_extractor(
     Returns:
         Summary with the checkpoint and loss-curve paths, objective, epochs, losses and timings.
     """
+    check_output_path(out)
     summary: dict[str, Any] = train_extractor(before, after, out, config or DetectConfig(),
                                               more_pairs=more_pairs or ())
     print(f"checkpoint {summary['checkpoint']}: {summary['objective']}, {summary['epochs']} "

@@ -159,9 +159,13 @@ class Detector:
         arrays["meta"] = np.array(json.dumps(meta))
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
-        tmp.replace(path)  # a run killed while saving leaves no half-written state
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)  # type: ignore[arg-type]
+            tmp.replace(path)  # a run killed while saving leaves no half-written state
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def load_state(self, path: str | Path) -> None:
         """Restore the fitted state written by :meth:`save` into this detector."""

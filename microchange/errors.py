@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = (
     "BandMismatchError",
     "ConfigError",
+    "DiskFullError",
     "GridMismatchError",
     "InputError",
     "InputNotFoundError",
@@ -19,6 +20,8 @@ __all__ = (
     "NoOverlapError",
     "NotFittedError",
     "OutputError",
+    "OutputNotWritableError",
+    "OutputRootError",
     "RasterReadError",
     "StateMismatchError",
     "UnknownMethodError",
@@ -70,6 +73,22 @@ class UnknownMethodError(ConfigError, KeyError):
 
 class OutputError(MicrochangeError, OSError):
     """Outputs cannot be written (directory not writable, disk full)."""
+
+
+class DiskFullError(OutputError):
+    """No space left (or quota exceeded) where the outputs are written (CLI exit code 1).
+
+    The run's staging folder is kept: the same command run again, once there is space,
+    resumes from it.
+    """
+
+
+class OutputNotWritableError(OutputError, InputError):
+    """The output location cannot be written: permission denied, read-only (CLI exit code 2)."""
+
+
+class OutputRootError(InputError):
+    """An output path resolves outside the configured output root (``MICROCHANGE_OUTPUT_ROOT``)."""
 
 
 class NotFittedError(MicrochangeError, RuntimeError):

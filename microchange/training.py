@@ -24,6 +24,7 @@ from microchange.detector import build_detector
 from microchange.errors import ConfigError, InputError, OutputError
 from microchange.features import checkpoints
 from microchange.features.learned import LearnedFeatures
+from microchange.io.outdir import check_output_path
 from microchange.pipeline import plan_detection, prepared_sample
 from microchange.pipeline.records import Plan
 from microchange.tiling import crop_core
@@ -128,11 +129,11 @@ def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
     Raises:
         InputError: If an input or option is bad (unreadable raster, band mismatch, no valid
             pixel, another method, a model given, CUDA asked for without a GPU, --out is a
-            folder, pairs with different band counts).
+            folder or outside ``$MICROCHANGE_OUTPUT_ROOT``, pairs with different band counts).
         OutputError: If the checkpoint cannot be written.
     """
     t0 = time.perf_counter()
-    out = Path(out_ckpt)
+    out = check_output_path(out_ckpt)
     _check_training_config(config, out)
     config = config.model_copy(update={"method": "learned"})
     extractor = build_detector(config).extractor  # bad objective or device: before any I/O

@@ -57,9 +57,13 @@ def write_part(
         profile.update(tiled=True, blockxsize=bs, blockysize=bs)
     # unique per process: a worker declared lost while still alive may write the same tile
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with rasterio.Env(GDAL_NUM_THREADS="1"), rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(array, 1)
-    tmp.replace(path)
+    try:
+        with rasterio.Env(GDAL_NUM_THREADS="1"), rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(array, 1)
+        tmp.replace(path)
+    except BaseException:  # a full disk, say: leave no half-written temporary file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_part(path: Path) -> NDArray[np.generic]:

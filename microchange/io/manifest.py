@@ -28,8 +28,12 @@ _HASH_CHUNK = 8 * 1024 * 1024
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` under a temporary name, then rename it: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:  # a full disk, say: leave no half-written temporary file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomic(path: Path, document: Any) -> None:
@@ -145,10 +149,17 @@ def read_run_manifest(out: PathLike) -> dict[str, Any]:
 def run_rasters(out: PathLike) -> tuple[Path, Path]:
     """The change mask and the score map of a finished detection run folder.
 
+    A publish that a killed run left halfway in ``out`` is completed first
+    (:func:`microchange.io.publish.complete_publish`), so both come from one run.
+
     Raises:
         InputNotFoundError: If either is missing (``out`` is not the folder of a finished run).
     """
+    from microchange.io.publish import complete_publish  # publish imports this module
+
     out = Path(out)
+    if out.is_dir():
+        complete_publish(out)
     paths = out / CHANGE_MASK, out / CHANGE_SCORE
     for path in paths:
         if not path.is_file():

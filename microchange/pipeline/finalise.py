@@ -1,8 +1,8 @@
 """Stage 4: clean the masks, assemble the COGs, write the tables and run.json, then publish.
 
-Every output is written under a temporary name in ``OUT`` and renamed into place only when all
-of them are complete, ``run.json`` last: a failed run leaves no partial file under a final name
-and the outputs of an earlier run untouched.
+Every output is written complete in the run's staging folder, then published into ``OUT`` as
+one unit (:mod:`microchange.io.publish`, ``run.json`` last): a failed or killed run leaves no
+partial file under a final name, and never the outputs of two runs under one ``run.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from numpy.typing import NDArray
 from microchange.errors import MicrochangeError
 from microchange.io.cog import assemble_cog, read_part, write_part
 from microchange.io.manifest import code_version, library_versions, write_json_atomic
+from microchange.io.outdir import writing_outputs
+from microchange.io.publish import JOURNAL, publish_outputs, staged_outputs
 from microchange.parallel import available_cpus, ordered_map
 from microchange.pipeline.records import FitRecord, Plan, ResumeRecord, TileStats
 from microchange.pipeline.tables import write_changes_table, write_tiles_table
@@ -200,32 +202,42 @@ def finalise_detection(plan_path: PathLike, *, started: float | None = None) -> 
         raise MicrochangeError(f"{len(missing)} tile(s) not scored yet (e.g. {missing[:5]}): "
                                "run score_tiles for every tile before finalising")
     out = Path(plan.out)
-    tmp = {name: out / f".{name}.{plan.run_id}.tmp" for name in OUTPUT_NAMES}
+    tmp = staged_outputs(plan.staging)
     try:
-        stats = {i: TileStats.load(plan.part("tile", i)) for i in ids}
-        _clear_kept(plan)
-        removed = _remove_small(plan, stats)
-        _write_cogs(plan, tmp)
-        t_cog = time.perf_counter()
-        stats_list = [stats[i] for i in ids]
-        regions = _regions(plan)
-        write_tiles_table(tmp[TILES_TABLE], plan, stats_list)
-        write_changes_table(tmp[CHANGES_TABLE], plan, regions)
-        t_vec = time.perf_counter()
-        fit = FitRecord.load(plan.fit_path)
-        timings = {**plan.timings, "fit_s": fit.fit_s, "cog_s": round(t_cog - t0, 3),
-                   "vectorise_s": round(t_vec - t_cog, 3)}
-        if started is not None:
-            timings["total_s"] = round(time.time() - started, 3)
-        counts = _counts(plan, stats_list, regions, removed)
-        write_json_atomic(tmp[RUN_MANIFEST], _manifest(plan, fit, counts, timings))
-        for name in OUTPUT_NAMES:  # run.json last: its presence marks a complete run
-            tmp[name].replace(out / name)
+        with writing_outputs(out, plan.staging):
+            summary = _finalise(plan, tmp, ids, t0, started)
     except BaseException:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
-        raise
+        if not (plan.staging / JOURNAL).exists():  # not published yet: drop the partial files
+            for path in tmp.values():
+                path.unlink(missing_ok=True)
+        raise  # once published halfway, the next run in OUT completes the publish
     remove_staging(plan.staging)
+    return summary
+
+
+def _finalise(plan: Plan, tmp: dict[str, Path], ids: list[int], t0: float,
+              started: float | None) -> dict[str, Any]:
+    """Write every output complete into the staging folder, then publish them into OUT."""
+    out = Path(plan.out)
+    tmp[RUN_MANIFEST].parent.mkdir(exist_ok=True)
+    stats = {i: TileStats.load(plan.part("tile", i)) for i in ids}
+    _clear_kept(plan)
+    removed = _remove_small(plan, stats)
+    _write_cogs(plan, tmp)
+    t_cog = time.perf_counter()
+    stats_list = [stats[i] for i in ids]
+    regions = _regions(plan)
+    write_tiles_table(tmp[TILES_TABLE], plan, stats_list)
+    write_changes_table(tmp[CHANGES_TABLE], plan, regions)
+    t_vec = time.perf_counter()
+    fit = FitRecord.load(plan.fit_path)
+    timings = {**plan.timings, "fit_s": fit.fit_s, "cog_s": round(t_cog - t0, 3),
+               "vectorise_s": round(t_vec - t_cog, 3)}
+    if started is not None:
+        timings["total_s"] = round(time.time() - started, 3)
+    counts = _counts(plan, stats_list, regions, removed)
+    write_json_atomic(tmp[RUN_MANIFEST], _manifest(plan, fit, counts, timings))
+    publish_outputs(plan.staging, out, plan.run_id)  # run.json last: marks a complete run
     return {"out": str(out), "run_id": plan.run_id, "counts": counts,
             "threshold": fit.threshold.model_dump(mode="json"), "timings": timings,
             "outputs": {n: str(out / n) for n in OUTPUT_NAMES}}

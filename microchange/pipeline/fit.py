@@ -13,6 +13,7 @@ import numpy as np
 
 from microchange.detector import build_detector
 from microchange.errors import NoOverlapError
+from microchange.io.outdir import writing_outputs
 from microchange.parallel import DaskBlocks, LocalBlocks, SampleBlocks, available_cpus
 from microchange.pipeline.records import FitRecord, Plan, ThresholdRecord
 from microchange.sampling import sample_blocks
@@ -88,9 +89,8 @@ def fit_detection(plan_path: PathLike, *, client: Any = None) -> str:
     scores = detector.fit(samples)
     del samples
     threshold = fit_threshold(plan.config.threshold or detector.default_threshold, scores)
-    detector.save(model)
     q = np.quantile(scores, [0.5, 0.9, 0.99, 0.999]) if scores.size else [math.nan] * 4
-    FitRecord(
+    record = FitRecord(
         threshold=ThresholdRecord(method=threshold.method, value=threshold.value,
                                   n_sample=threshold.n_sample,
                                   detail=_jsonable(threshold.detail)),
@@ -100,7 +100,10 @@ def fit_detection(plan_path: PathLike, *, client: Any = None) -> str:
         fitted_preprocess=_jsonable(detector.fitted_preprocess()),
         features=_jsonable(detector.fitted_features()),
         fit_s=round(time.perf_counter() - t0, 3),
-    ).save(plan.fit_path)
+    )
+    with writing_outputs(plan.out, plan.staging):
+        detector.save(model)
+        record.save(plan.fit_path)  # last: its presence marks a complete fit
     log.info("fitted %s on %d sample pixels; threshold %s = %.4g", detector.method, scores.size,
              threshold.method, threshold.value)
     return str(model)

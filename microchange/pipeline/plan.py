@@ -16,7 +16,9 @@ from microchange.detector import build_detector
 from microchange.errors import InputError, OutputError
 from microchange.io.datasets import input_path
 from microchange.io.manifest import code_version, file_fingerprint, run_fingerprint
+from microchange.io.outdir import check_output_path, writing_outputs
 from microchange.io.pair import PairReader
+from microchange.io.publish import complete_publish
 from microchange.io.vrt import BandSource
 from microchange.pipeline.records import GridRecord, Plan, ResumeRecord
 from microchange.preprocess.alignment import estimate_coregistration
@@ -75,11 +77,21 @@ def _run_key(config: DetectConfig, inputs: dict[str, Any], bands: Sequence[int])
 
 
 def _staging(out_dir: Path, run_id: str) -> Path:
-    """Create the staging folder of a run (or find that of an interrupted one)."""
+    """Create the staging folder of a run (or find that of an interrupted one).
+
+    First finishes a publish that a killed run left halfway in ``out_dir``
+    (:func:`~microchange.io.publish.complete_publish`).
+    """
     staging = out_dir / STAGING_DIR / run_id
     try:
-        (staging / "parts").mkdir(parents=True, exist_ok=True)
+        with writing_outputs(out_dir):
+            (staging / "parts").mkdir(parents=True, exist_ok=True)
+            for done in complete_publish(out_dir, keep=run_id):
+                log.warning("completed the publish of run %s in %s (interrupted earlier)", done,
+                            out_dir)
     except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
         raise OutputError(f"cannot create output folder {str(out_dir)!r} ({exc}): choose a "
                           "writable --out") from exc
     return staging
@@ -119,10 +131,12 @@ def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: Det
 
     Raises:
         InputError: If an input, the output folder or a parameter is bad (the message says
-            which and how to fix it).
+            which and how to fix it): ``OutputRootError`` if ``out`` lies outside
+            ``$MICROCHANGE_OUTPUT_ROOT``, ``OutputNotWritableError`` if it cannot be written.
+        DiskFullError: If the disk of ``out`` is full (the staging folder is kept).
     """
     t0 = time.perf_counter()
-    out_dir = Path(out)
+    out_dir = check_output_path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {str(out)!r} is a file: give a folder for the outputs")
     detector = build_detector(config)  # a bad method option fails before any I/O
@@ -148,7 +162,9 @@ def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: Det
     tiles = plan_tiles(grid.height, grid.width, tile_size=config.tile_size, halo=halo)
     run_id = _run_key(config, inputs, bands)
     staging = _staging(out_dir, run_id)
-    if (resumed := _resume(staging / "plan.json")) is not None:
+    with writing_outputs(out_dir, staging):
+        resumed = _resume(staging / "plan.json")
+    if resumed is not None:
         return resumed
     plan = Plan(
         run_id=run_id, created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -162,7 +178,8 @@ def plan_detection(before: PathLike, after: PathLike, out: PathLike, config: Det
         tiles=[(t.tile_id, t.row_off, t.col_off, t.height, t.width) for t in tiles],
         inputs=inputs, timings={"plan_s": round(time.perf_counter() - t0, 3)})
     path = staging / "plan.json"
-    plan.save(path)
+    with writing_outputs(out_dir, staging):
+        plan.save(path)
     log.info("planned %d tiles of %d px (halo %d) on a %dx%d grid", len(tiles),
              config.tile_size, halo, grid.height, grid.width)
     return str(path)

@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 
 from microchange.features.devices import sharing_cpus
 from microchange.io.cog import write_part
+from microchange.io.outdir import writing_outputs
 from microchange.pipeline.records import FitRecord, Plan, TileStats
 from microchange.scoring.mask import make_mask
 from microchange.types import MaskValue, PathLike
@@ -71,10 +72,12 @@ class _TileScorer:
                                            keep=self.keep)
         for tile, block in zip(tiles, blocks, strict=True):
             mask, score = make_mask(block, self.threshold, self.post, keep=self.keep)
-            write_part(plan.part("score", tile.tile_id), score, self.grid, tile, nodata=math.nan)
-            write_part(plan.part("mask", tile.tile_id), mask, self.grid, tile,
-                       nodata=int(MaskValue.NODATA))
-            tile_stats(score, mask).save(plan.part("tile", tile.tile_id))
+            with writing_outputs(plan.out, plan.staging):
+                write_part(plan.part("score", tile.tile_id), score, self.grid, tile,
+                           nodata=math.nan)
+                write_part(plan.part("mask", tile.tile_id), mask, self.grid, tile,
+                           nodata=int(MaskValue.NODATA))
+                tile_stats(score, mask).save(plan.part("tile", tile.tile_id))
 
 
 def score_tiles(plan_path: PathLike, tile_ids: Sequence[int], *, threads: int = 1,
