@@ -9,12 +9,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from microchange.config import DetectConfig
 from microchange.errors import InputError
-from microchange.flows.runners import dask_task_runner, gpu_annotation
+from microchange.flows.runners import dask_task_runner, gpu_annotation, task_slots
 from microchange.io.outdir import check_output_path
 from microchange.parallel import available_cpus
 from microchange.pipeline import discard_run, tile_batches
 from microchange.tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
 from microchange.tasks.publish import publish_run_summary
+
+TASKS_PER_SLOT = 2
+"""Scoring tasks per task-runner slot (thread or Dask worker thread): enough to balance."""
 
 
 @flow(name="detect-changes", log_prints=True,
@@ -58,7 +61,9 @@ def detect_changes(
         with gpu_annotation(config):  # deep tasks hold a worker's GPU, one task at a time
             fitted = fit_on_sample.submit(plan)  # on a Dask worker: the fit uses the cluster
         fitted.result()
-        batches = tile_batches(plan)
+        # a few tasks per slot, not one per batch: each task costs the orchestrator a fixed
+        # overhead (~0.1-0.2 s on Dask), and a task lost with a worker skips its finished tiles
+        batches = tile_batches(plan, groups=TASKS_PER_SLOT * task_slots())
         with gpu_annotation(config):
             scored = score_tiles.map(unmapped(plan), batches)
         scored.result()

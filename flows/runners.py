@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -30,13 +31,14 @@ from prefect_dask.task_runners import DaskTaskRunner
 from microchange.config import DetectConfig
 from microchange.errors import ConfigError
 from microchange.features.devices import cuda_available, may_use_cuda, runs_on_cuda
-from microchange.parallel import usable_cores
+from microchange.parallel import available_cpus, usable_cores
 
 ADDRESS_ENV = "MICROCHANGE_DASK_ADDRESS"
 WORKERS_ENV = "MICROCHANGE_DASK_WORKERS"
 LOG_LEVEL_ENV = "MICROCHANGE_DASK_LOG_LEVEL"
 DASK_LOG_ENV = "DASK_LOGGING__DISTRIBUTED"
 GPU_RESOURCE = "GPU"
+_ANALYTICS_ENV = "PREFECT_SERVER_ANALYTICS_ENABLED"
 
 _WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                "GDAL_NUM_THREADS": "1"}
@@ -227,6 +229,22 @@ def gpu_annotation(config: DetectConfig | None,
     return annotate(resources={GPU_RESOURCE: 1})
 
 
+def task_slots() -> int:
+    """How many tasks the running flow's task runner runs at once (threads of a Dask cluster).
+
+    Outside a flow, or on a runner whose width is unknown: the CPUs available here.
+    """
+    client = _flow_dask_client()
+    if client is not None:
+        return max(1, sum(client.nthreads().values()))
+    from prefect.context import FlowRunContext
+
+    runner = getattr(FlowRunContext.get(), "task_runner", None)
+    width = getattr(runner, "_max_workers", None)
+    unbounded = not isinstance(width, int) or width < 1 or width >= sys.maxsize
+    return available_cpus() if unbounded else int(width)
+
+
 def _flow_dask_client() -> Any:
     """Client of the running flow's DaskTaskRunner; None outside a flow or on another runner."""
     from prefect.context import FlowRunContext
@@ -252,8 +270,15 @@ def shared_prefect_api() -> Iterator[None]:
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()
-    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
-                                            "90")))
+    # a throw-away server of this process: no telemetry (offline it logs tracebacks)
+    saved = os.environ.get(_ANALYTICS_ENV)
+    os.environ.setdefault(_ANALYTICS_ENV, "false")
+    try:
+        server.start(timeout=int(os.environ.get(
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
+    finally:
+        if saved is None:
+            os.environ.pop(_ANALYTICS_ENV, None)
     with temporary_settings({PREFECT_API_URL: server.api_url}):
         yield
     # the server stops at exit (registered by start), after the last logs reached it

@@ -6,6 +6,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from typing import Self
 
 import numpy as np
@@ -23,12 +24,28 @@ __all__ = ("score_tiles", "tile_batches")
 Progress = Callable[[int], None]
 
 
-def tile_batches(plan_path: PathLike) -> list[list[int]]:
-    """The planned tile ids in batches of ``batch_tiles`` (one scoring task each)."""
+def tile_batches(plan_path: PathLike, *, groups: int | None = None) -> list[list[int]]:
+    """The planned tile ids in batches of ``batch_tiles``, or those batches in a few groups.
+
+    Args:
+        plan_path: Path returned by :func:`~microchange.pipeline.plan_detection`.
+        groups: At most this many lists of whole batches (contiguous, in tile order, sizes
+            within one batch of each other): one scoring task each, since a task costs an
+            orchestrator a fixed overhead. None: one list per batch.
+
+    Returns:
+        Lists of tile ids covering every planned tile once.
+    """
     plan = Plan.load(plan_path)
     size = plan.config.batch_tiles
     ids = [t[0] for t in plan.tiles]
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
+    batches = [ids[i:i + size] for i in range(0, len(ids), size)]
+    if groups is None or groups >= len(batches):
+        return batches
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    bounds = [len(batches) * g // groups for g in range(groups + 1)]
+    return [[tid for batch in batches[a:b] for tid in batch] for a, b in pairwise(bounds)]
 
 
 def tile_stats(score: NDArray[np.float32], mask: NDArray[np.uint8]) -> TileStats:
