@@ -79,7 +79,7 @@ def test_after_on_other_grid_is_resampled_over_the_overlap(make_geotiff) -> None
         arr = pair.read(0, 40, 0, 40)
     assert not arr.valid[:, :20].any()
     assert arr.valid[:, 21:39].all()
-    np.testing.assert_allclose(arr.after[0, 5:35, 22:38], data[0, 5:35, 22:38], atol=1.0)
+    np.testing.assert_allclose(arr.after[0, 5:35, 22:38], data[0, 5:35, 22:38], atol=0.1)
 
 
 X0, Y0 = ORIGIN
