@@ -3,7 +3,8 @@
 Each tile core is labelled on its own (4-connectivity) and vectorised with
 :func:`rasterio.features.shapes`; labels that touch across a tile edge are linked, and the graph of
 links is solved once with :func:`scipy.sparse.csgraph.connected_components`. A region cut by tile
-edges therefore comes out as *one* polygon (its pieces are unioned), whatever the tile size.
+edges therefore comes out as *one* polygon (its pieces are unioned), the same vertex for vertex
+whatever the tile size.
 Memory is one tile plus one row of labels the width of the raster, plus the region table.
 """
 
@@ -33,6 +34,20 @@ def _polygon(geojson: dict[str, Any]) -> Any:
     """A GeoJSON polygon from rasterio.features.shapes as shapely (2x faster than shape())."""
     rings = [shapely.linearrings(r) for r in geojson["coordinates"]]
     return shapely.polygons(rings[0], holes=rings[1:] or None)
+
+
+def _canonical(geometry: list[Any]) -> list[Any]:
+    """One form per shape, whatever tiles it was assembled from: byte-identical WKB.
+
+    No collinear vertices (a union leaves some where tile edges cut), rings in GEOS's normal
+    order and starting vertex, exterior rings counterclockwise (as GeoJSON's right-hand rule).
+    """
+    norm = shapely.normalize(shapely.simplify(np.asarray(geometry, dtype=object), 0.0))
+    if hasattr(shapely, "orient_polygons"):  # shapely >= 2.1
+        return list(shapely.orient_polygons(norm))
+    from shapely.geometry.polygon import orient  # pragma: no cover - shapely 2.0
+
+    return [orient(g) if g.geom_type == "Polygon" else g for g in norm]  # pragma: no cover
 
 
 @dataclass
@@ -171,13 +186,15 @@ def extract_regions(
         grid: The output grid (for coordinates).
 
     Returns:
-        The regions, ordered by their first pixel in row-major tile order.
+        The regions, ordered by their first pixel in the grid's row-major order (whatever the
+        tiles).
     """
     linker = _Linker(grid.width)
     counts: list[NDArray[np.float64]] = []
     sums: list[NDArray[np.float64]] = []
     maxes: list[NDArray[np.float64]] = []
     piece_tile: list[NDArray[np.int64]] = []
+    firsts: list[NDArray[np.int64]] = []
     pieces: list[tuple[int, Any]] = []
     for tile in tiles:
         mask, score = read_tile(tile)
@@ -194,6 +211,11 @@ def extract_regions(
         mx_tile = np.full(n, -np.inf)
         np.maximum.at(mx_tile, flat[inside] - 1, s.ravel()[inside])
         maxes.append(mx_tile)
+        rows, cols = np.divmod(np.flatnonzero(inside), tile.width)
+        pixel = (rows + tile.row_off) * grid.width + cols + tile.col_off  # row-major, whole grid
+        first_tile = np.full(n, np.iinfo(np.int64).max)
+        np.minimum.at(first_tile, flat[inside] - 1, pixel)
+        firsts.append(first_tile)
         piece_tile.append(np.full(n, tile.tile_id, dtype=np.int64))
         transform = grid.window_transform(tile.row_off, tile.col_off)
         for geom, value in shapes(
@@ -204,6 +226,12 @@ def extract_regions(
         return Regions()
     comp = linker.components()
     n_reg = int(comp.max()) + 1
+    # number the regions by their first pixel in the whole grid's row-major order, not by tile
+    first = np.full(n_reg, np.iinfo(np.int64).max)
+    np.minimum.at(first, comp, np.concatenate(firsts))
+    rank = np.empty(n_reg, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(n_reg)
+    comp = rank[comp]
     cnt = np.bincount(comp, weights=np.concatenate(counts), minlength=n_reg)
     tot = np.bincount(comp, weights=np.concatenate(sums), minlength=n_reg)
     mx = np.full(n_reg, -np.inf)
@@ -215,7 +243,7 @@ def extract_regions(
     grouped: list[list[Any]] = [[] for _ in range(n_reg)]
     for label, geom in pieces:
         grouped[comp[label]].append(geom)
-    geometry = [g[0] if len(g) == 1 else shapely.union_all(g) for g in grouped]
+    geometry = _canonical([g[0] if len(g) == 1 else shapely.union_all(g) for g in grouped])
     tile_ids = [sorted(s) for s in tile_sets]
     return Regions(
         geometry=geometry,
