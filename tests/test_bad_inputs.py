@@ -87,6 +87,12 @@ def _make_inputs(d: Path) -> None:
     raw = (d / "before.tif").read_bytes()
     (d / "truncated.tif").write_bytes(raw[: len(raw) * 6 // 10])  # header intact, pixels cut
     (d / "cut_header.tif").write_bytes(raw[:64])
+    damaged = bytearray(raw)  # ImageWidth 48 -> 40000: the block index no longer fits
+    assert damaged[8 + 2:8 + 4] == b"\x00\x01" and damaged[8 + 10:8 + 12] == b"\x30\x00"
+    damaged[8 + 10:8 + 12] = (40000).to_bytes(2, "little")
+    (d / "bad_width.tif").write_bytes(bytes(damaged))
+    write_tif(d / "site_grid.tif", after, crs='LOCAL_CS["site grid",UNIT["metre",1],'
+              'AXIS["Easting",EAST],AXIS["Northing",NORTH]]')
     (d / "zero.tif").write_bytes(b"")
     (d / "text.tif").write_text("this is not a raster\n")
     (d / "no_rasters").mkdir()
@@ -166,6 +172,10 @@ CASES: dict[str, Case] = {
     "truncated-pixels-after": detect(B, "{f}/truncated.tif", *CVA,
                                      says=("AFTER", "truncated.tif", "truncated or corrupt")),
     "truncated-header": detect("{f}/cut_header.tif", A, *CVA, says=("cut_header.tif",)),
+    "damaged-width": detect("{f}/bad_width.tif", A, *CVA,
+                            says=("bad_width.tif", "corrupt")),
+    "crs-without-transformation": detect(B, "{f}/site_grid.tif", *CVA,
+                                         says=("site_grid.tif", "cannot resample", "gdalwarp")),
     # -- rasters that do not make a pair ----------------------------------------------------
     "band-count-mismatch": detect(B, "{f}/two_bands.tif", *CVA,
                                   says=("two_bands.tif", "has 2", "--bands")),

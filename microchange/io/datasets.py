@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -28,8 +30,8 @@ from microchange.errors import InputNotFoundError, RasterReadError
 from microchange.types import PathLike, is_remote
 
 __all__ = ("FORMATS_HINT", "GDAL_CACHE_MB", "BlockCache", "Closing", "content_digest",
-           "input_path", "is_georeferenced", "is_remote", "open_raster", "read_errors",
-           "read_valid")
+           "crs_text", "input_path", "is_georeferenced", "is_remote", "open_raster",
+           "read_errors", "read_valid")
 
 GDAL_CACHE_MB = 256
 """Cap of GDAL's block cache while windows are read, in MiB (its default, 5 % of RAM, would grow
@@ -54,6 +56,18 @@ class Closing:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def crs_text(crs: Any) -> str:
+    """A CRS for messages: ``EPSG:32633`` when it has a code, else the start of its WKT."""
+    try:
+        epsg = crs.to_epsg()
+    except Exception:  # noqa: BLE001 - a damaged CRS has no code; show what is there
+        epsg = None
+    if epsg:
+        return f"EPSG:{epsg}"
+    text = " ".join(str(crs.to_wkt() if hasattr(crs, "to_wkt") else crs).split())
+    return repr(text[:80] + ("..." if len(text) > 80 else ""))
 
 
 def is_georeferenced(ds: Any) -> bool:
@@ -219,13 +233,66 @@ def open_raster(path: PathLike, *, role: str = "raster") -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(p)
+            ds = rasterio.open(p)
     except RasterioIOError as exc:
         if remote:
             raise _remote_error(path, role, exc) from exc
         raise RasterReadError(
             f"cannot read {role} raster {str(path)!r} ({exc}): {FORMATS_HINT}"
         ) from exc
+    if not remote:
+        try:
+            _check_block_index(ds, path, role)
+        except Exception:
+            ds.close()
+            raise
+    return ds
+
+
+class _ThreadRecords(logging.Handler):
+    """Collects the messages GDAL reports (through rasterio's loggers) in one thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
+
+
+def _check_block_index(ds: Any, path: PathLike, role: str) -> None:
+    """Refuse a TIFF whose header declares more blocks than its block index lists.
+
+    A damaged width, height or block size makes libtiff ignore the index ("Incorrect count for
+    TileOffsets; tag ignored") and GDAL then reads every block as empty: the raster would be
+    processed as a large field of zeros. Looking up the last block's offset shows it at once.
+    """
+    if ds.driver != "GTiff":
+        return
+    bh, bw = ds.block_shapes[0]
+    last = f"BLOCK_OFFSET_{-(-ds.width // bw) - 1}_{-(-ds.height // bh) - 1}"
+    records = _ThreadRecords()
+    loggers = [logging.getLogger(n) for n in ("rasterio._err", "rasterio._env")]
+    for logger in loggers:
+        logger.addHandler(records)
+    detail = ""
+    try:
+        with rasterio.Env():
+            ds.get_tag_item(last, "TIFF", bidx=1)
+    except (RasterioError, CPLE_BaseError) as exc:
+        detail = str(exc)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(records)
+    damaged = [m for m in [detail, *records.messages] if "Incorrect count for" in m]
+    if damaged:
+        raise RasterReadError(
+            f"cannot read {role} raster {str(path)!r}: its TIFF header is damaged (it declares "
+            f"{ds.width}x{ds.height} px, but {damaged[0].split(':')[-1].strip()}): the file is "
+            "corrupt; copy or export it again (gdalinfo -checksum FILE shows whether GDAL can "
+            "read every block)")
 
 
 def _read_detail(exc: BaseException) -> str:

@@ -18,12 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import Resampling
+from rasterio.errors import CRSError, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from microchange.errors import GridMismatchError, MissingCRSError, NoOverlapError
-from microchange.io.datasets import Closing, is_georeferenced, open_raster, read_errors
+from microchange.io.datasets import (
+    Closing,
+    crs_text,
+    is_georeferenced,
+    open_raster,
+    read_errors,
+)
 from microchange.types import Grid
 
 if TYPE_CHECKING:
@@ -77,7 +85,13 @@ class _Layer:
             return
         from rasterio.warp import transform_bounds
 
-        mb = transform_bounds(s.crs, grid.crs, *s.bounds)
+        try:
+            mb = transform_bounds(s.crs, grid.crs, *s.bounds)
+        except (CRSError, RasterioError, CPLE_BaseError) as exc:
+            raise GridMismatchError(
+                f"{flag} {self.path!r} (CRS {crs_text(s.crs)}) cannot be put on the output grid "
+                f"(CRS {crs_text(grid.crs)}): GDAL cannot relate the two CRSs; fix its CRS "
+                "(gdal_edit.py -a_srs EPSG:...) or reproject it (gdalwarp -t_srs)") from exc
         a = grid.affine
         xs = (a.c, a.c + grid.width * a.a)
         ys = (a.f, a.f + grid.height * a.e)

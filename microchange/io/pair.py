@@ -10,12 +10,16 @@ raster. A co-registration of AFTER (:class:`AfterWarp`) is applied as windows ar
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import rasterio
 from numpy.typing import NDArray
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import Resampling
+from rasterio.errors import CRSError, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
@@ -29,6 +33,7 @@ from microchange.io.datasets import (
     GDAL_CACHE_MB,
     BlockCache,
     Closing,
+    crs_text,
     is_georeferenced,
     read_errors,
     read_valid,
@@ -43,6 +48,12 @@ if TYPE_CHECKING:
     from microchange.config import MaskConfig
 
 __all__ = ("AfterWarp", "PairReader")
+
+
+def _first_words(exc: BaseException) -> str:
+    """GDAL/PROJ's message up to any embedded JSON/WKT (PROJ quotes whole CRS definitions)."""
+    text = " ".join(str(exc).split())
+    return text.split("{", 1)[0].split("[", 1)[0].rstrip(" '`")[:160] or type(exc).__name__
 
 
 class AfterWarp(Protocol):
@@ -203,18 +214,33 @@ class PairReader(Closing):
                 f"{self.before_path!r} and {self.after_path!r} have transforms but "
                 "no CRS on one of them: set the CRS of both"
             )
-        self._check_overlap()
-        self._after = WarpedVRT(
-            a,
-            crs=b.crs,
-            transform=b.transform,
-            width=b.width,
-            height=b.height,
-            resampling=Resampling.bilinear,
-            add_alpha=True,
-        )
+        with self._crs_errors():
+            self._check_overlap()
+            self._after = WarpedVRT(
+                a,
+                crs=b.crs,
+                transform=b.transform,
+                width=b.width,
+                height=b.height,
+                resampling=Resampling.bilinear,
+                add_alpha=True,
+            )
         self._alpha = self._after.count
         return "resampled"
+
+    @contextmanager
+    def _crs_errors(self) -> Iterator[None]:
+        """GDAL/PROJ failing to relate the two CRSs (e.g. a damaged or engineering CRS)."""
+        try:
+            yield
+        except (CRSError, RasterioError, CPLE_BaseError) as exc:
+            b, a = self._before.crs, self._after_src.crs
+            raise GridMismatchError(
+                f"cannot resample AFTER {self.after_path!r} (CRS {crs_text(a)}) onto BEFORE "
+                f"{self.before_path!r} (CRS {crs_text(b)}): {_first_words(exc)}; "
+                "check both CRSs with gdalinfo and fix the wrong one (gdal_edit.py -a_srs "
+                "EPSG:...) or reproject AFTER onto BEFORE's CRS (gdalwarp -t_srs)"
+            ) from exc
 
     def _check_overlap(self) -> None:
         from rasterio.warp import transform_bounds
