@@ -249,3 +249,35 @@ def test_a_crash_inside_the_library_keeps_the_old_outputs_and_no_temporary_file(
     assert {n: (out / n).read_bytes() for n in OUTPUT_NAMES} == runs["old"]
     (staging,) = (out / STAGING_DIR).iterdir()
     assert not list((staging / publish.STAGED_DIR).iterdir())
+
+
+def test_a_rename_that_fails_is_completed_by_a_retry_of_the_finalise_task(
+        runs, tmp_path, monkeypatch) -> None:
+    """An I/O error (not a kill) in the middle of the publish: the retry publishes all five."""
+    out = tmp_path / "out"
+    shutil.copytree(runs["old_dir"], out)
+    real, calls = publish._move, {"n": 0}
+
+    def flaky(src: Path, dst: Path) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.EIO, "Input/output error", str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(publish, "_move", flaky)
+    with pytest.raises(OSError, match="Input/output error"):
+        run_detection(*runs["pair"], out, DetectConfig(method="cva", tile_size=32), threads=1)
+    assert _state(out, runs) == "publishing"
+    monkeypatch.setattr(publish, "_move", real)
+    (staging,) = (out / STAGING_DIR).iterdir()
+    # the task's retry completes the publish before it rewrites the staged files, so a
+    # failure while rewriting them cannot put half a COG into the pending publish
+    monkeypatch.setattr(finalise, "assemble_cog", lambda parts, grid, dst, **kw:
+                        _disk_full(dst))
+    with pytest.raises(OSError, match="no space left"):
+        finalise.finalise_detection(staging / "plan.json")
+    assert _state(out, runs) == "new"
+    monkeypatch.undo()
+    finalise.finalise_detection(staging / "plan.json")  # the next retry
+    assert _state(out, runs) == "new"
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)

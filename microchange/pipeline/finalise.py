@@ -21,7 +21,7 @@ from microchange.errors import MicrochangeError
 from microchange.io.cog import assemble_cog, read_part, write_part
 from microchange.io.manifest import code_version, library_versions, write_json_atomic
 from microchange.io.outdir import writing_outputs
-from microchange.io.publish import JOURNAL, publish_outputs, staged_outputs
+from microchange.io.publish import JOURNAL, complete_publish, publish_outputs, staged_outputs
 from microchange.parallel import available_cpus, ordered_map
 from microchange.pipeline.records import FitRecord, Plan, ResumeRecord, TileStats
 from microchange.pipeline.tables import write_changes_table, write_tiles_table
@@ -219,6 +219,8 @@ def _finalise(plan: Plan, tmp: dict[str, Path], ids: list[int], t0: float,
               started: float | None) -> dict[str, Any]:
     """Write every output complete into the staging folder, then publish them into OUT."""
     out = Path(plan.out)
+    # an earlier attempt's publish cut short: finish it before its staged files are rewritten
+    complete_publish(out, keep=plan.run_id)
     tmp[RUN_MANIFEST].parent.mkdir(exist_ok=True)
     stats = {i: TileStats.load(plan.part("tile", i)) for i in ids}
     _clear_kept(plan)
