@@ -15,7 +15,8 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,30 @@ def _check_training_config(config: DetectConfig, out: Path) -> None:
                           "a checkpoint: drop it (use it with `microchange detect --model`)")
 
 
+@contextmanager
+def _work_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder next to checkpoint ``out``, removed on exit.
+
+    ``out``'s folder goes too if this made it and nothing was written there (a failed run).
+
+    Raises:
+        OutputError: If the folder cannot be created.
+    """
+    created = not out.parent.exists()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".microchange-train-", dir=out.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write next to {str(out)!r} ({exc}): choose a writable "
+                          "--out") from exc
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if created and not any(out.parent.iterdir()):
+            out.parent.rmdir()
+
+
 def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
                     config: DetectConfig,
                     more_pairs: Sequence[tuple[PathLike, PathLike]] = ()) -> dict[str, Any]:
@@ -139,14 +164,7 @@ def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
     extractor = build_detector(config).extractor  # bad objective or device: before any I/O
     if not isinstance(extractor, LearnedFeatures):  # pragma: no cover - registry broken
         raise ConfigError("the 'learned' method does not use LearnedFeatures")
-    created = not out.parent.exists()  # removed again if training fails before writing
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".microchange-train-", dir=out.parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write next to {str(out)!r} ({exc}): choose a writable "
-                          "--out") from exc
-    try:
+    with _work_folder(out) as work:
         pairs = [(before, after), *more_pairs]
         plans = [Plan.load(plan_detection(b, a, work / f"pair{k}", config))
                  for k, (b, a) in enumerate(pairs)]
@@ -163,10 +181,6 @@ def train_extractor(before: PathLike, after: PathLike, out_ckpt: PathLike,
         except OSError as exc:
             raise OutputError(f"cannot write the loss curve next to {str(out)!r} ({exc}): "
                               "choose a writable --out") from exc
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if created and not any(out.parent.iterdir()):
-            out.parent.rmdir()
     training = extractor.training
     log.info("trained learned/%s in %d epochs (held-out loss %.4g): %s", extractor.objective,
              training["epochs_run"], training["best_loss"], out)

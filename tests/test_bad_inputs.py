@@ -257,6 +257,8 @@ CASES: dict[str, Case] = {
                                            "has 3")),
     "weights-random-bytes": detect(B, A, "--method", "backbone", "--weights", "{f}/random.ckpt",
                                    says=("random.ckpt", "state dict")),
+    "weights-raw-pickle-payload": detect(B, A, "--method", "backbone", "--weights",
+                                         "{f}/pickle.ckpt", says=("pickle.ckpt",)),
     "weights-pickle-payload": detect(B, A, "--method", "backbone", "--weights",
                                      "{f}/torch_pickle.ckpt", says=("torch_pickle.ckpt",)),
     # -- train ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,7 +40,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             "torch.save(model.state_dict(), path), or no weights for random ones"
         )
     try:
-        obj = torch.load(p, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # a raw pickle, not torch.save's zip: refused below
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            obj = torch.load(p, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
         found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed|\n\n|$)",
                           str(exc), re.DOTALL)
