@@ -54,14 +54,15 @@ def test_demo_detects_and_scores_a_synthetic_scene_with_the_defaults(tmp_path, c
 
 def test_demo_runs_on_prefect_by_default_with_the_local_outputs(prefect_harness,
                                                                 tmp_path) -> None:
-    _demo(tmp_path / "local", "--runner", "local")
-    _demo(tmp_path / "flow")
-    _same_rasters(tmp_path / "local", tmp_path / "flow")
+    # folder names of their own: a flow run's artifact key is made from its folder's name
+    _demo(tmp_path / "demo-local", "--runner", "local")
+    _demo(tmp_path / "demo-flow")
+    _same_rasters(tmp_path / "demo-local", tmp_path / "demo-flow")
     local, flow = (json.loads((tmp_path / d / "metrics.json").read_text())
-                   for d in ("local", "flow"))
+                   for d in ("demo-local", "demo-flow"))
     for key in ("tp", "fp", "fn", "tn", "pr_auc", "roc_auc", "object_recall"):
         assert local[key] == flow[key], key
-    assert (tmp_path / "flow" / "report.html").is_file()
+    assert (tmp_path / "demo-flow" / "report.html").is_file()
 
 
 def _detect(pair, out: Path, *args: str) -> list[str]:
@@ -73,10 +74,10 @@ def _detect(pair, out: Path, *args: str) -> list[str]:
 def test_detect_runner_prefect_gives_the_local_outputs(prefect_harness, planted_pair,
                                                        tmp_path) -> None:
     assert main(_detect(planted_pair, tmp_path / "local")) == 0
-    assert main(_detect(planted_pair, tmp_path / "prefect", "--runner", "prefect",
+    assert main(_detect(planted_pair, tmp_path / "runner-prefect", "--runner", "prefect",
                         "--threads", "2")) == 0
-    _same_rasters(tmp_path / "local", tmp_path / "prefect")
-    run = json.loads((tmp_path / "prefect" / "run.json").read_text())
+    _same_rasters(tmp_path / "local", tmp_path / "runner-prefect")
+    run = json.loads((tmp_path / "runner-prefect" / "run.json").read_text())
     assert run["counts"]["tiles"] == 9
 
 

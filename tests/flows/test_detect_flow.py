@@ -49,7 +49,8 @@ def test_flow_and_cli_give_identical_outputs(prefect_harness, planted_pair, tmp_
 def test_flow_and_cli_give_identical_outputs_with_the_optical_defaults(
         prefect_harness, planted_pair, tmp_path) -> None:
     """Every optical default on (learned, co-registration, histogram normalisation,
-    smoothing): the flow's tasks and the CLI's process give the same bytes."""
+    smoothing): the flow's tasks and the CLI's process give the same bytes. (Folder names of
+    their own: the run page's artifact key is made from the folder's name.)"""
     from microchange.flows.detect import detect_changes
 
     before, after, truth = planted_pair
@@ -57,15 +58,16 @@ def test_flow_and_cli_give_identical_outputs_with_the_optical_defaults(
     pre = config.preprocess
     assert config.resolved_method() == ("learned", None) and pre.coregister
     assert pre.radiometric == "histogram" and pre.smoothing_sigma > 0
-    summary = detect_changes(before=str(before), after=str(after), out=str(tmp_path / "flow"),
+    flow_out, cli_out = tmp_path / "defaults-flow", tmp_path / "defaults-cli"
+    summary = detect_changes(before=str(before), after=str(after), out=str(flow_out),
                              config=config)
     assert summary["counts"]["tiles"] == 9 and summary["counts"]["changed_px"] >= truth.sum()
-    assert main(["detect", str(before), str(after), "--out", str(tmp_path / "cli"),
+    assert main(["detect", str(before), str(after), "--out", str(cli_out),
                  "--tile-size", "64", "-q"]) == 0
     for name in ("change_mask.tif", "change_score.tif"):
-        assert (tmp_path / "flow" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()
+        assert (flow_out / name).read_bytes() == (cli_out / name).read_bytes()
     for name in ("tiles.parquet", "changes.parquet"):
-        assert _table(tmp_path / "flow" / name) == _table(tmp_path / "cli" / name)
+        assert _table(flow_out / name) == _table(cli_out / name)
 
 
 def _artifacts(key: str) -> list:
