@@ -2,8 +2,8 @@
 
 ``local`` runs the library's stage functions in this process; ``prefect`` runs the same stages
 as the Prefect flow (``detect-changes``, ``train-feature-extractor``, ``evaluate-changes``);
-``dask`` runs the detect flow with its tile batches on Dask. Each concurrency option applies
-where it has a meaning and is an error elsewhere: ``--threads`` (threads of this process, or
+``dask`` runs them here with the tile work on a Dask cluster (no Prefect). Each concurrency
+option applies where it has a meaning and is an error elsewhere: ``--threads`` (threads of this process, or
 tasks at once in a Prefect run), ``--workers`` (processes of a Dask LocalCluster),
 ``--scheduler`` (an existing Dask cluster), ``--batch-tiles`` (tiles per CNN batch and task).
 """
@@ -153,30 +153,29 @@ def _summary_line(summary: dict[str, Any], seconds: float) -> str:
 
 def _run_detection(args: argparse.Namespace, config: DetectConfig, before: str, after: str,
                    out: str) -> dict[str, Any]:
-    if args.runner == "local":
+    if args.runner in ("local", "dask"):
         from microchange.pipeline import run_detection
 
-        return run_detection(before, after, out, config, threads=getattr(args, "threads", None),
-                             progress=_Progress(not args.quiet))
-    from microchange.flows.detect import detect_changes, detect_changes_on_dask
+        if args.runner == "local":
+            return run_detection(before, after, out, config,
+                                 threads=getattr(args, "threads", None),
+                                 progress=_Progress(not args.quiet))
+        from microchange.flows.runners import dask_client
 
-    if args.runner == "dask":
-        flow = detect_changes_on_dask(args.scheduler, args.workers)
-    elif getattr(args, "threads", None):
+        with dask_client(args.scheduler, args.workers) as client:
+            return run_detection(before, after, out, config, progress=_Progress(not args.quiet),
+                                 client=client)
+    from microchange.flows.detect import detect_changes
+
+    if getattr(args, "threads", None):
         from prefect.task_runners import ThreadPoolTaskRunner
 
         flow = detect_changes.with_options(
             task_runner=ThreadPoolTaskRunner(max_workers=args.threads))
     else:
         flow = detect_changes
-    if args.runner == "dask":  # the workers use this process's API, not one each
-        from microchange.flows.runners import shared_prefect_api
-
-        with shared_prefect_api(), _flow_console():
-            result: dict[str, Any] = flow(before=before, after=after, out=out, config=config)
-        return result
     with _flow_console():
-        result = flow(before=before, after=after, out=out, config=config)
+        result: dict[str, Any] = flow(before=before, after=after, out=out, config=config)
     return result
 
 

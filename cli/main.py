@@ -2,9 +2,10 @@
 
 A thin layer over the library and the flows: flags become a
 :class:`~microchange.config.DetectConfig` (:mod:`microchange.cli.options`), and ``--runner``
-chooses who runs the stages: this process (``local``), the Prefect flow (``prefect``) or the
-flow with its tiles on Dask (``dask``). Exit codes: 0 success, 2 bad input (one message naming
-the file or value and the fix, no traceback), 1 anything else.
+chooses who runs the stages: this process (``local``), the Prefect flow (``prefect``) or this
+process with the tile work on a Dask cluster, without Prefect (``dask``). Exit codes: 0
+success, 2 bad input (one message naming the file or value and the fix, no traceback), 1
+anything else.
 """
 
 from __future__ import annotations

@@ -25,19 +25,18 @@ from typing import Any
 
 import dask
 from dask.base import annotate
-from distributed import LocalCluster
+from distributed import Client, LocalCluster
 from prefect_dask.task_runners import DaskTaskRunner
 
 from microchange.config import DetectConfig
 from microchange.errors import ConfigError
 from microchange.features.devices import cuda_available, may_use_cuda, runs_on_cuda
-from microchange.parallel import available_cpus, usable_cores
+from microchange.parallel import GPU_RESOURCE, available_cpus, usable_cores
 
 ADDRESS_ENV = "MICROCHANGE_DASK_ADDRESS"
 WORKERS_ENV = "MICROCHANGE_DASK_WORKERS"
 LOG_LEVEL_ENV = "MICROCHANGE_DASK_LOG_LEVEL"
 DASK_LOG_ENV = "DASK_LOGGING__DISTRIBUTED"
-GPU_RESOURCE = "GPU"
 MALLOC_TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"
 _ANALYTICS_ENV = "PREFECT_SERVER_ANALYTICS_ENABLED"
 
@@ -190,16 +189,44 @@ def dask_task_runner(address: str | None = None, workers: int | None = None) -> 
     address = address or os.environ.get(ADDRESS_ENV) or None
     if address:
         return DaskTaskRunner(address=address)
-    n = workers or int(os.environ.get(WORKERS_ENV, "0")) or usable_cores()
-    cluster_kwargs: dict[str, Any] = {
-        "n_workers": n,
+    return DaskTaskRunner(cluster_class="microchange.flows.runners.EnvKeepingLocalCluster",
+                          cluster_kwargs=_local_cluster_spec(workers))
+
+
+def _local_cluster_spec(workers: int | None) -> dict[str, Any]:
+    """LocalCluster arguments: ``workers`` processes (default: env or the cores), one thread."""
+    return {
+        "n_workers": workers or int(os.environ.get(WORKERS_ENV, "0")) or usable_cores(),
         "threads_per_worker": 1,
         "processes": True,
         "dashboard_address": None,
         "env": _WORKER_ENV,
     }
-    return DaskTaskRunner(cluster_class="microchange.flows.runners.EnvKeepingLocalCluster",
-                          cluster_kwargs=cluster_kwargs)
+
+
+@contextmanager
+def dask_client(address: str | None = None, workers: int | None = None) -> Iterator[Client]:
+    """A client of an existing Dask scheduler, or of a LocalCluster started for the block.
+
+    What ``microchange detect --runner dask`` scores its tiles on, without Prefect.
+
+    Args:
+        address: Scheduler of an existing ``distributed`` cluster (e.g. ``tcp://host:8786``);
+            default ``$MICROCHANGE_DASK_ADDRESS``; when unset a LocalCluster is started.
+        workers: Worker processes of the LocalCluster (default ``$MICROCHANGE_DASK_WORKERS`` or the
+            cores this process may run on); one thread each.
+
+    Yields:
+        The connected client; the LocalCluster (if any) closes with the block.
+    """
+    address = address or os.environ.get(ADDRESS_ENV) or None
+    if address:
+        with Client(address) as client:
+            yield client
+        return
+    with EnvKeepingLocalCluster(**_local_cluster_spec(workers)) as cluster, \
+            Client(cluster) as client:
+        yield client
 
 
 def gpu_annotation(config: DetectConfig | None,
@@ -257,35 +284,3 @@ def _flow_dask_client() -> Any:
 
     runner = getattr(FlowRunContext.get(), "task_runner", None)
     return runner.client if isinstance(runner, DaskTaskRunner) else None
-
-
-@contextmanager
-def shared_prefect_api() -> Iterator[None]:
-    """One temporary Prefect API for this process and its Dask workers when none is configured.
-
-    Without ``PREFECT_API_URL``, Prefect starts a temporary API server in every process that
-    needs one: each Dask worker would start its own (3-4 s each, and task runs recorded in
-    throw-away databases). Within the block the flow and its workers share this process's.
-    With ``PREFECT_API_URL`` set it does nothing.
-    """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    if PREFECT_API_URL.value():
-        yield
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    # a throw-away server of this process: no telemetry (offline it logs tracebacks)
-    saved = os.environ.get(_ANALYTICS_ENV)
-    os.environ.setdefault(_ANALYTICS_ENV, "false")
-    try:
-        server.start(timeout=int(os.environ.get(
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
-    finally:
-        if saved is None:
-            os.environ.pop(_ANALYTICS_ENV, None)
-    with temporary_settings({PREFECT_API_URL: server.api_url}):
-        yield
-    # the server stops at exit (registered by start), after the last logs reached it
-

@@ -29,8 +29,11 @@ from numpy.typing import NDArray
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ("DaskBlocks", "LocalBlocks", "SampleBlocks", "SampleStatistic", "SwitchedStatistic",
+__all__ = ("GPU_RESOURCE", "DaskBlocks", "LocalBlocks", "SampleBlocks", "SampleStatistic", "SwitchedStatistic",
            "available_cpus", "cluster_client", "ordered_map", "usable_cores")
+
+GPU_RESOURCE = "GPU"
+"""Dask worker resource a worker with a GPU declares; deep tile tasks ask for one."""
 
 T = TypeVar("T")
 U = TypeVar("U")

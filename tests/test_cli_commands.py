@@ -83,8 +83,8 @@ def test_detect_runner_prefect_gives_the_local_outputs(prefect_harness, planted_
 
 def test_detect_runner_dask_from_a_shell_gives_the_local_outputs(planted_pair,
                                                                  tmp_path) -> None:
-    """As a user runs it: a new process, no PREFECT_API_URL (the workers share the temporary
-    API this process starts), a LocalCluster of one worker."""
+    """As a user runs it: a new process, no PREFECT_API_URL, a LocalCluster of one worker; the
+    tile work goes to the cluster without any Prefect API (none is started)."""
     assert main(_detect(planted_pair, tmp_path / "local")) == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
@@ -94,6 +94,7 @@ def test_detect_runner_dask_from_a_shell_gives_the_local_outputs(planted_pair,
                          check=False, capture_output=True, text=True, env=env,
                          timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "temporary server" not in res.stderr + res.stdout
     _same_rasters(tmp_path / "local", tmp_path / "dask")
     run = json.loads((tmp_path / "dask" / "run.json").read_text())
     assert run["sample"]["fitted_on"] == "dask (1 worker)"

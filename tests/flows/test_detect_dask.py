@@ -84,3 +84,21 @@ def test_local_cluster_and_existing_scheduler(prefect_harness, planted_pair, tmp
     _same_outputs(tmp_path / "plain", tmp_path / "remote")
     doc = json.loads((tmp_path / "remote" / "run.json").read_text())
     assert doc["sample"]["fitted_on"] == "dask (1 worker)"  # one worker: no deadlock
+
+
+def test_run_detection_on_a_client_equals_the_local_run(planted_pair, tmp_path) -> None:
+    """`detect --runner dask`: the stages here, sample and tiles on a 2-worker LocalCluster."""
+    from microchange.flows.runners import dask_client
+
+    before, after, _ = planted_pair
+    config = DetectConfig(tile_size=32)  # 30 tiles -> 8 batches -> 4 tasks
+    run_detection(before, after, tmp_path / "plain", config)
+    seen: list[tuple[int, int]] = []
+    with dask_client(workers=2) as client:
+        run_detection(before, after, tmp_path / "dask", config, client=client,
+                      progress=lambda done, total: seen.append((done, total)))
+        assert len(client.nthreads()) == 2
+    _same_outputs(tmp_path / "plain", tmp_path / "dask")
+    assert [t for _, t in seen] == [30] * 4 and seen[-1] == (30, 30)
+    run = json.loads((tmp_path / "dask" / "run.json").read_text())
+    assert run["sample"]["fitted_on"] == "dask (2 workers)"
