@@ -172,6 +172,23 @@ def remove_small_regions(
     return removed
 
 
+def _piece_stats(labels: NDArray[np.int64], score: NDArray[np.float32], n: int, tile: Tile,
+                 width: int) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
+    """Count, score sum, score max and first grid pixel of the pieces labelled 1..n in a tile."""
+    s = np.where(np.isfinite(score), score, 0.0).astype(np.float64).ravel()
+    flat = labels.ravel()
+    count = np.asarray(np.bincount(flat, minlength=n + 1)[1:], np.float64)
+    total = np.asarray(np.bincount(flat, weights=s, minlength=n + 1)[1:], np.float64)
+    inside = flat > 0
+    mx = np.full(n, -np.inf)
+    np.maximum.at(mx, flat[inside] - 1, s[inside])
+    rows, cols = np.divmod(np.flatnonzero(inside), tile.width)
+    pixel = (rows + tile.row_off) * width + cols + tile.col_off
+    first = np.full(n, np.iinfo(np.int64).max)
+    np.minimum.at(first, flat[inside] - 1, pixel)
+    return count, total, mx, first
+
+
 def extract_regions(
     tiles: Iterable[Tile],
     read_tile: Callable[[Tile], tuple[NDArray[np.uint8], NDArray[np.float32]]],
@@ -202,20 +219,9 @@ def extract_regions(
         if not n:
             continue
         labels = np.where(glob > 0, glob - (linker.offset - n), 0)
-        s = np.where(np.isfinite(score), score, 0.0).astype(np.float64)
-        flat = labels.ravel()
-        counts.append(np.asarray(np.bincount(flat, minlength=n + 1)[1:], np.float64))
-        sums.append(np.asarray(np.bincount(flat, weights=s.ravel(), minlength=n + 1)[1:],
-                               np.float64))
-        inside = flat > 0
-        mx_tile = np.full(n, -np.inf)
-        np.maximum.at(mx_tile, flat[inside] - 1, s.ravel()[inside])
-        maxes.append(mx_tile)
-        rows, cols = np.divmod(np.flatnonzero(inside), tile.width)
-        pixel = (rows + tile.row_off) * grid.width + cols + tile.col_off  # row-major, whole grid
-        first_tile = np.full(n, np.iinfo(np.int64).max)
-        np.minimum.at(first_tile, flat[inside] - 1, pixel)
-        firsts.append(first_tile)
+        for acc, part in zip((counts, sums, maxes, firsts),
+                             _piece_stats(labels, score, n, tile, grid.width), strict=True):
+            acc.append(part)
         piece_tile.append(np.full(n, tile.tile_id, dtype=np.int64))
         transform = grid.window_transform(tile.row_off, tile.col_off)
         for geom, value in shapes(
