@@ -3,14 +3,12 @@
 Usage: ``.venv/bin/python benchmarks/orchestration.py [--large 8192] [--small 4096] [--work DIR]``
 
 Every figure is the wall time of one ``microchange detect`` command in a fresh process, from
-start to exit (imports, Dask's worker start-up
-and every stage included: what a user waits for), with the default method, on the synthetic pairs
-of ``benchmarks/throughput.py`` (cached):
+start to exit (imports, Dask's worker start-up and every stage included: what a user waits for),
+with the default method, on the synthetic pairs of ``benchmarks/throughput.py`` (cached):
 
 * **overhead** at ``--large`` px a side: ``--runner local`` (the plain CLI) and ``--runner dask
-  --workers 2`` (the detect-changes flow with its tile batches on a two-worker LocalCluster),
-  side by side; the ratio is dask / local (``--runner dask`` runs the stages in the command's
-  process with the sample and the tiles on the cluster, no Prefect API);
+  --workers 2`` (the stages in the command's process, the sample and the tiles on a two-worker
+  LocalCluster, no Prefect API), side by side; the ratio is dask / local;
 * **workers** at ``--small``: ``--runner dask`` with 1 and 2 workers; the speed-up is 1 / 2;
 * **resume** at ``--small``: a local run killed with SIGKILL when half of its tiles are finished,
   then run again; the rerun's time against an uninterrupted run's, and the tiles and fit it
