@@ -87,7 +87,12 @@ def read_valid(ds: Any, idx: list[int], window: Window) -> NDArray[np.bool_]:
 
 
 BLOCK_CACHE_MB = 64
-"""Decoded blocks kept per date while reading tiles (see :class:`BlockCache`)."""
+"""Decoded blocks kept per date while reading tiles, in MiB of float32 values (see
+:class:`BlockCache`; blocks of 8- and 16-bit integer rasters are kept as read, in half or a
+quarter of that)."""
+
+_NARROW_DTYPES = frozenset({"uint8", "int8", "uint16", "int16"})
+"""Types whose values convert to float32 exactly: their blocks are cached as read."""
 
 
 class BlockCache:
@@ -98,20 +103,31 @@ class BlockCache:
     that its neighbours decode again (measured: 3x the cost of the aligned reads of a 4096^2
     raster). Windows are therefore assembled from whole blocks, each read once and kept while
     neighbouring tiles need it. Values and validity are those of the same window read directly
-    (each block is read with ``out_dtype="float32"`` and its validity as :func:`read_valid`).
+    (each block is read with ``out_dtype="float32"``, or in its own 8- or 16-bit integer type,
+    which converts to float32 exactly, and its validity as :func:`read_valid`).
+
+    The budget counts every block as float32 values, whatever its type, so the same blocks are
+    kept (and decoded) for any input type; blocks kept as 16-bit integers take half the memory.
 
     Args:
         ds: Open dataset; see :meth:`usable`.
         indexes: 1-based bands to read.
-        max_mb: Most decoded data kept, in MiB.
+        max_mb: Most decoded data kept, in MiB of float32 values.
+
+    Attributes:
+        nbytes: Memory held by the kept blocks (values and validity), in bytes.
     """
 
     def __init__(self, ds: Any, indexes: list[int], max_mb: int = BLOCK_CACHE_MB) -> None:
         self.ds = ds
         self.indexes = indexes
         self.block_h, self.block_w = ds.block_shapes[indexes[0] - 1]
+        types = {ds.dtypes[i - 1] for i in indexes}
+        self.read_dtype = types.pop() if len(types) == 1 and types <= _NARROW_DTYPES \
+            else "float32"
         self.max_bytes = max_mb << 20
         self.nbytes = 0
+        self._budget = 0  # the kept blocks counted as float32 values, against max_bytes
         self._blocks: OrderedDict[tuple[int, int], tuple[NDArray[Any], NDArray[np.bool_]]] = (
             OrderedDict())
 
@@ -154,13 +170,15 @@ class BlockCache:
         top, left = br * self.block_h, bc * self.block_w
         win = Window(left, top, min(self.block_w, self.ds.width - left),
                      min(self.block_h, self.ds.height - top))
-        data = self.ds.read(self.indexes, window=win, out_dtype="float32")
+        data = self.ds.read(self.indexes, window=win, out_dtype=self.read_dtype)
         entry = (data, read_valid(self.ds, self.indexes, win))
         self._blocks[key] = entry
         self.nbytes += data.nbytes + entry[1].nbytes
-        while self.nbytes > self.max_bytes and len(self._blocks) > 1:
+        self._budget += 4 * data.size + entry[1].nbytes
+        while self._budget > self.max_bytes and len(self._blocks) > 1:
             _, (d, v) = self._blocks.popitem(last=False)
             self.nbytes -= d.nbytes + v.nbytes
+            self._budget -= 4 * d.size + v.nbytes
         return entry
 
 

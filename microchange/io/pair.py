@@ -30,6 +30,7 @@ from microchange.errors import (
     NoOverlapError,
 )
 from microchange.io.datasets import (
+    BLOCK_CACHE_MB,
     GDAL_CACHE_MB,
     BlockCache,
     Closing,
@@ -98,6 +99,9 @@ class PairReader(Closing):
             :mod:`microchange.preprocess.alignment` (default: none).
         masks: Per-date mask and class rasters whose excluded pixels become invalid (default:
             none); read onto BEFORE's grid by :class:`microchange.io.masks.MaskReader`.
+        block_cache_mb: Decoded blocks kept per date for the next windows
+            (:class:`~microchange.io.datasets.BlockCache`): enough for neighbouring tiles to
+            share their halos; a reader whose windows never share a block needs only 1.
 
     Attributes:
         sources: For each date ('before', 'after'), the file of each band of a stack, or None.
@@ -121,10 +125,11 @@ class PairReader(Closing):
         bands: BandSelection = None,
         after_warp: AfterWarp | None = None,
         masks: MaskConfig | None = None,
+        block_cache_mb: int = BLOCK_CACHE_MB,
     ) -> None:
         self._args: dict[str, Any] = {
             "before": before, "after": after, "bands": bands, "after_warp": after_warp,
-            "masks": masks}
+            "masks": masks, "block_cache_mb": block_cache_mb}
         self.after_warp = after_warp
         self.before_path = str(before)
         self.after_path = str(after)
@@ -156,8 +161,9 @@ class PairReader(Closing):
         self.mask_files = dict(self._masks.files) if self._masks is not None else {}
         self.dtypes = (b.dtypes[0], self._after_src.dtypes[0])
         idx = list(self.bands)
-        self._cache_before = BlockCache(b, idx) if BlockCache.usable(b, idx) else None
-        self._cache_after = (BlockCache(self._after, idx)
+        self._cache_before = (BlockCache(b, idx, block_cache_mb)
+                              if BlockCache.usable(b, idx) else None)
+        self._cache_after = (BlockCache(self._after, idx, block_cache_mb)
                              if self._alpha is None and BlockCache.usable(self._after, idx)
                              else None)
 
@@ -372,12 +378,18 @@ class PairReader(Closing):
         return float(area * (crs.linear_units_factor[1] ** 2))
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def reopen(self) -> PairReader:
+    def reopen(self, *, block_cache_mb: int | None = None) -> PairReader:
         """A new reader of the same inputs with the same options.
 
         One per thread: GDAL datasets must not be shared between threads.
+
+        Args:
+            block_cache_mb: Another size of its block cache (default: this reader's).
         """
-        return PairReader(**self._args)
+        args = dict(self._args)
+        if block_cache_mb is not None:
+            args["block_cache_mb"] = block_cache_mb
+        return PairReader(**args)
 
     def close(self) -> None:
         """Close every open dataset."""

@@ -19,20 +19,36 @@ from pyproj import CRS as ProjCRS
 __all__ = ("write_geoparquet",)
 
 
-def _geo_metadata(geoms: Sequence[Any], crs_wkt: str | None) -> dict[str, Any]:
+_META_CHUNK = 8192
+"""Geometries given as WKB are decoded this many at a time for the metadata."""
+
+
+def _types_and_bbox(geoms: Sequence[Any]) -> tuple[set[str], list[float]]:
+    """Geometry types and [xmin, ymin, xmax, ymax] of the non-empty geometries ([] if none)."""
     present = [g for g in geoms if g is not None and not g.is_empty]
-    types = sorted({g.geom_type for g in present})
-    if present:  # null geometries (e.g. a failed pair of a catalog) have no bounds
-        arr = np.asarray(shapely.bounds(np.asarray(present, dtype=object)))
-        bbox = [
-            float(np.nanmin(arr[:, 0])),
-            float(np.nanmin(arr[:, 1])),
-            float(np.nanmax(arr[:, 2])),
-            float(np.nanmax(arr[:, 3])),
-        ]
+    if not present:  # null geometries (e.g. a failed pair of a catalog) have no bounds
+        return set(), []
+    arr = np.asarray(shapely.bounds(np.asarray(present, dtype=object)))
+    return {g.geom_type for g in present}, [
+        float(np.nanmin(arr[:, 0])), float(np.nanmin(arr[:, 1])),
+        float(np.nanmax(arr[:, 2])), float(np.nanmax(arr[:, 3]))]
+
+
+def _geo_metadata(geoms: Sequence[Any], crs_wkt: str | None, *, wkb: bool) -> dict[str, Any]:
+    if wkb:  # decoded a chunk at a time: a large table is never held as shapely objects
+        types: set[str] = set()
+        boxes = []
+        for a in range(0, len(geoms), _META_CHUNK):
+            chunk = shapely.from_wkb(np.asarray(geoms[a:a + _META_CHUNK], dtype=object))
+            t, b = _types_and_bbox(list(chunk))
+            types |= t
+            boxes += [b] if b else []
+        box = np.asarray(boxes, dtype=float).reshape(-1, 4)
+        bbox = ([float(box[:, 0].min()), float(box[:, 1].min()), float(box[:, 2].max()),
+                 float(box[:, 3].max())] if len(box) else [])
     else:
-        bbox = []
-    column: dict[str, Any] = {"encoding": "WKB", "geometry_types": types}
+        types, bbox = _types_and_bbox(geoms)
+    column: dict[str, Any] = {"encoding": "WKB", "geometry_types": sorted(types)}
     if bbox:
         column["bbox"] = bbox
     # GeoParquet: a missing "crs" means OGC:CRS84; an explicit null means "unknown".
@@ -53,12 +69,15 @@ def write_geoparquet(
     Args:
         path: File to write.
         columns: Attribute columns, all of the same length as ``geometries``.
-        geometries: shapely geometries (one per row) in the CRS given by ``crs_wkt``.
+        geometries: shapely geometries (one per row) in the CRS given by ``crs_wkt``, or
+            their 2-D WKB (``bytes``, as ``shapely.to_wkb(g, output_dimension=2)`` writes it),
+            written as given.
         crs_wkt: CRS as WKT, or None when the coordinates are plain pixel positions.
         schema: Optional Arrow schema of the attribute columns (for empty tables).
     """
-    wkb = shapely.to_wkb(np.asarray(geometries, dtype=object), output_dimension=2) if geometries \
-        else np.asarray([], dtype=object)
+    is_wkb = any(isinstance(g, bytes) for g in geometries[:1])
+    wkb: Sequence[Any] = geometries if is_wkb or not geometries else shapely.to_wkb(
+        np.asarray(geometries, dtype=object), output_dimension=2)
     data: dict[str, Any] = {}
     for name, values in columns.items():
         typ = schema.field(name).type if schema is not None else None
@@ -66,6 +85,6 @@ def write_geoparquet(
     data["geometry"] = pa.array(list(wkb), type=pa.binary())
     table = pa.table(data)
     meta = dict(table.schema.metadata or {})
-    meta[b"geo"] = json.dumps(_geo_metadata(list(geometries), crs_wkt)).encode()
+    meta[b"geo"] = json.dumps(_geo_metadata(geometries, crs_wkt, wkb=is_wkb)).encode()
     table = table.replace_schema_metadata(meta)
     pq.write_table(table, path, compression="zstd")

@@ -58,7 +58,8 @@ def write_changes_table(path: Path, plan: Plan, regions: Regions) -> None:
         "score_mean": pa.array(regions.score_mean, pa.float64()),
         "score_max": pa.array(regions.score_max, pa.float64()),
         "tile_id": pa.array(regions.tile_id, pa.int32()),
-        "tile_ids": pa.array(regions.tile_ids, pa.list_(pa.int32())),
+        "tile_ids": pa.ListArray.from_arrays(pa.array(regions.tile_offsets, pa.int32()),
+                                             pa.array(regions.tile_values, pa.int32())),
         "run_id": pa.array([plan.run_id] * len(regions), pa.string()),
     }
-    write_geoparquet(path, cols, regions.geometry, plan.output_grid.crs_wkt)
+    write_geoparquet(path, cols, regions.wkb, plan.output_grid.crs_wkt)

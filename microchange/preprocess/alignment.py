@@ -64,7 +64,7 @@ def _cell_shifts(pair: PairReader, pre: PreprocessConfig, cell: int
     half its size) into the input's internal block that holds the centre, so that reading it
     decodes one block per date rather than the four it would straddle. The returned row and
     column positions are those of the blocks' centres. Rows of cells are read and correlated on
-    threads, each with its own reader.
+    threads, each with its own reader; no block is read twice, so its block cache holds one.
     """
     g = pair.grid
     grain = pair.block_shape or (0, 0)
@@ -88,7 +88,7 @@ def _cell_shifts(pair: PairReader, pre: PreprocessConfig, cell: int
 
     def line(k: int) -> list[tuple[float, float] | None]:
         r0, h = row_blocks[k]
-        with pair.reopen() as own:
+        with pair.reopen(block_cache_mb=1) as own:
             return [block_shift(*_prepared_block(own, pre, r0, c0, h, w))
                     for c0, w in col_blocks]
 

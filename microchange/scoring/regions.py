@@ -5,13 +5,15 @@ Each tile core is labelled on its own (4-connectivity) and vectorised with
 links is solved once with :func:`scipy.sparse.csgraph.connected_components`. A region cut by tile
 edges therefore comes out as *one* polygon (its pieces are unioned), the same vertex for vertex
 whatever the tile size.
-Memory is one tile plus one row of labels the width of the raster, plus the region table.
+Memory is one tile plus one row of labels the width of the raster, plus the pieces as WKB and
+a few numbers per piece (~150 bytes a region of a few pixels).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -55,23 +57,38 @@ class Regions:
     """One row per connected changed region.
 
     Attributes:
-        geometry: shapely (Multi)Polygons in the grid's CRS.
+        wkb: Canonical 2-D WKB of each region's (Multi)Polygon in the grid's CRS.
         area_px: Changed pixels in the region.
         score_mean: Mean change score over the region.
         score_max: Maximum change score.
         tile_id: The first (lowest) tile id the region touches.
-        tile_ids: Every tile id the region touches.
+        tile_offsets: Region r touches the tiles ``tile_values[tile_offsets[r]:tile_offsets[r+1]]``
+            (sorted, distinct); ``len(regions) + 1`` offsets.
+        tile_values: The tile ids of every region, one after the other.
     """
 
-    geometry: list[Any] = field(default_factory=list)
+    wkb: list[bytes] = field(default_factory=list)
     area_px: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     score_mean: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     score_max: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     tile_id: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
-    tile_ids: list[list[int]] = field(default_factory=list)
+    tile_offsets: NDArray[np.int64] = field(default_factory=lambda: np.zeros(1, np.int64))
+    tile_values: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __len__(self) -> int:
-        return len(self.geometry)
+        return len(self.wkb)
+
+    @property
+    def geometry(self) -> list[Any]:
+        """The regions as shapely geometries (decoded from :attr:`wkb`)."""
+        return list(shapely.from_wkb(np.asarray(self.wkb, dtype=object))) if self.wkb else []
+
+    @property
+    def tile_ids(self) -> list[list[int]]:
+        """Every tile id each region touches, sorted."""
+        cut = self.tile_offsets.tolist()
+        values = self.tile_values.tolist()
+        return [values[a:b] for a, b in pairwise(cut)]
 
 
 class _Linker:
@@ -189,6 +206,70 @@ def _piece_stats(labels: NDArray[np.int64], score: NDArray[np.float32], n: int, 
     return count, total, mx, first
 
 
+_ASSEMBLE_CHUNK = 8192
+"""Regions whose pieces are decoded, unioned and encoded at once (bounds the shapely objects)."""
+
+
+class _Pieces:
+    """The vectorised pieces of every tile, with the provisional label of each.
+
+    Kept as 2-D WKB in one buffer: ~100 bytes for a one-pixel square, about a fifth of what it
+    takes as a shapely object.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.ends: list[NDArray[np.int64]] = []
+        self.labels: list[NDArray[np.int64]] = []
+        self._bounds: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None
+
+    def add(self, polygons: list[Any], labels: list[int]) -> None:
+        """Append one tile's polygons and their labels (0-based provisional)."""
+        wkb = shapely.to_wkb(np.asarray(polygons, dtype=object), output_dimension=2)
+        sizes = np.fromiter((len(b) for b in wkb), np.int64, len(wkb))
+        self.ends.append(len(self.buffer) + np.cumsum(sizes))
+        self.buffer += b"".join(wkb)
+        self.labels.append(np.asarray(labels, np.int64))
+        self._bounds = None
+
+    def decode(self, index: NDArray[np.int64]) -> NDArray[np.object_]:
+        """The pieces ``index`` (in that order) as shapely geometries."""
+        if self._bounds is None:
+            ends = np.concatenate(self.ends) if self.ends else np.zeros(0, np.int64)
+            self._bounds = np.concatenate([[0], ends[:-1]]).astype(np.int64), ends
+        starts, ends = self._bounds
+        buf = self.buffer
+        return np.asarray(shapely.from_wkb(np.asarray(
+            [bytes(buf[starts[i]:ends[i]]) for i in index.tolist()], dtype=object)))
+
+
+def _assemble(pieces: _Pieces, region: NDArray[np.int64], n_reg: int) -> list[bytes]:
+    """Canonical 2-D WKB of every region from its pieces (``region``: region of each piece).
+
+    Pieces keep their vectorising order within a region; regions are assembled a chunk at a
+    time, so only a chunk of them is ever held as shapely objects.
+    """
+    order = np.argsort(region, kind="stable")
+    bounds = np.searchsorted(region[order], np.arange(n_reg + 1))
+    out: list[bytes] = []
+    for a in range(0, n_reg, _ASSEMBLE_CHUNK):
+        b = min(a + _ASSEMBLE_CHUNK, n_reg)
+        geoms = pieces.decode(order[bounds[a]:bounds[b]])
+        cut = bounds[a:b + 1] - bounds[a]
+        merged = [geoms[i] if j - i == 1 else shapely.union_all(geoms[i:j])
+                  for i, j in pairwise(cut.tolist())]
+        out += list(shapely.to_wkb(np.asarray(_canonical(merged), dtype=object),
+                                   output_dimension=2))
+    return out
+
+
+def _tile_sets(comp: NDArray[np.int64], tile: NDArray[np.int64], n_reg: int
+               ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(offsets, tile ids): the sorted distinct tiles of region r are ids[offsets[r]:offsets[r+1]]."""
+    pairs = np.unique(np.stack([comp, tile], axis=1), axis=0)
+    return np.searchsorted(pairs[:, 0], np.arange(n_reg + 1)).astype(np.int64), pairs[:, 1]
+
+
 def extract_regions(
     tiles: Iterable[Tile],
     read_tile: Callable[[Tile], tuple[NDArray[np.uint8], NDArray[np.float32]]],
@@ -207,55 +288,47 @@ def extract_regions(
         tiles).
     """
     linker = _Linker(grid.width)
-    counts: list[NDArray[np.float64]] = []
-    sums: list[NDArray[np.float64]] = []
-    maxes: list[NDArray[np.float64]] = []
-    piece_tile: list[NDArray[np.int64]] = []
-    firsts: list[NDArray[np.int64]] = []
-    pieces: list[tuple[int, Any]] = []
+    stats: list[list[NDArray[Any]]] = [[], [], [], [], []]  # count, sum, max, first, tile
+    pieces = _Pieces()
     for tile in tiles:
         mask, score = read_tile(tile)
         glob, n = linker.label(tile, mask)
         if not n:
             continue
         labels = np.where(glob > 0, glob - (linker.offset - n), 0)
-        for acc, part in zip((counts, sums, maxes, firsts),
-                             _piece_stats(labels, score, n, tile, grid.width), strict=True):
+        for acc, part in zip(stats, (*_piece_stats(labels, score, n, tile, grid.width),
+                                     np.full(n, tile.tile_id, dtype=np.int64)), strict=True):
             acc.append(part)
-        piece_tile.append(np.full(n, tile.tile_id, dtype=np.int64))
         transform = grid.window_transform(tile.row_off, tile.col_off)
+        polys, values = [], []
         for geom, value in shapes(
             glob.astype(np.int32), mask=glob > 0, connectivity=4, transform=transform
         ):
-            pieces.append((int(value) - 1, _polygon(geom)))
+            polys.append(_polygon(geom))
+            values.append(int(value) - 1)
+        pieces.add(polys, values)
     if linker.offset == 0:
         return Regions()
+    counts, sums, maxes, firsts, piece_tile = (np.concatenate(a) for a in stats)
     comp = linker.components()
     n_reg = int(comp.max()) + 1
     # number the regions by their first pixel in the whole grid's row-major order, not by tile
     first = np.full(n_reg, np.iinfo(np.int64).max)
-    np.minimum.at(first, comp, np.concatenate(firsts))
+    np.minimum.at(first, comp, firsts)
     rank = np.empty(n_reg, dtype=np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(n_reg)
     comp = rank[comp]
-    cnt = np.bincount(comp, weights=np.concatenate(counts), minlength=n_reg)
-    tot = np.bincount(comp, weights=np.concatenate(sums), minlength=n_reg)
+    cnt = np.bincount(comp, weights=counts, minlength=n_reg)
+    tot = np.bincount(comp, weights=sums, minlength=n_reg)
     mx = np.full(n_reg, -np.inf)
-    np.maximum.at(mx, comp, np.concatenate(maxes))
-    ptile = np.concatenate(piece_tile)
-    tile_sets: list[set[int]] = [set() for _ in range(n_reg)]
-    for c, t in zip(comp.tolist(), ptile.tolist(), strict=True):
-        tile_sets[c].add(t)
-    grouped: list[list[Any]] = [[] for _ in range(n_reg)]
-    for label, geom in pieces:
-        grouped[comp[label]].append(geom)
-    geometry = _canonical([g[0] if len(g) == 1 else shapely.union_all(g) for g in grouped])
-    tile_ids = [sorted(s) for s in tile_sets]
+    np.maximum.at(mx, comp, maxes)
+    offsets, tile_ids = _tile_sets(comp, piece_tile, n_reg)
     return Regions(
-        geometry=geometry,
+        wkb=_assemble(pieces, comp[np.concatenate(pieces.labels)], n_reg),
         area_px=cnt.round().astype(np.int64),
         score_mean=tot / np.maximum(cnt, 1),
         score_max=mx,
-        tile_id=np.array([t[0] for t in tile_ids], dtype=np.int64),
-        tile_ids=tile_ids,
+        tile_id=tile_ids[offsets[:-1]],
+        tile_offsets=offsets,
+        tile_values=tile_ids,
     )

@@ -251,3 +251,26 @@ def test_block_cache_assembles_windows_exactly_like_direct_reads(write_raster,
                                                           out_dtype="float32"))
             np.testing.assert_array_equal(valid, ds.read_masks([3, 1], window=win).min(0) > 0)
         assert cache.nbytes <= 1 << 20
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16", "float32"])
+def test_block_cache_keeps_narrow_types_as_read_with_the_same_blocks(write_raster, tmp_path,
+                                                                      dtype) -> None:
+    """8/16-bit blocks are kept as read (less memory); values and kept blocks do not change."""
+    from rasterio.windows import Window
+
+    from microchange.io.datasets import BlockCache
+
+    data = np.random.default_rng(5).integers(1, 120, (4, 96, 96)).astype(dtype)
+    path = write_raster(tmp_path / f"{dtype}.tif", data, crs=None, block=32)
+    with rasterio.open(path) as ds:
+        cache = BlockCache(ds, [1, 2, 3, 4], max_mb=1)
+        cache.max_bytes = 3 * (4 * 4 * 32 * 32 + 32 * 32)  # three blocks, counted as float32
+        for r0, c0 in ((0, 0), (10, 40), (50, 60), (64, 0)):
+            win = Window(c0, r0, 30, 30)
+            values, _ = cache.read(win)
+            assert values.dtype == np.float32
+            np.testing.assert_array_equal(values, ds.read(window=win, out_dtype="float32"))
+        assert len(cache._blocks) == 3
+        assert cache.read_dtype == ("float32" if dtype == "float32" else dtype)
+        assert cache.nbytes == 3 * (32 * 32 * 4 * np.dtype(cache.read_dtype).itemsize + 32 * 32)
