@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -23,9 +24,32 @@ from numpy.typing import NDArray
 from microchange.tiling import Tile
 from microchange.types import Grid
 
-__all__ = ("assemble_cog", "read_part", "write_part")
+__all__ = ("assemble_cog", "cog_settings", "read_part", "write_part")
 
 _GDAL_TYPES = {"uint8": "Byte", "float32": "Float32"}
+
+_COG_ENV = {
+    "GDAL_NUM_THREADS": "ALL_CPUS",
+    "GDAL_CACHEMAX": 256,
+    # Part files open at once through the VRT (GDAL's default, 100, take a few MiB each) and
+    # rows read at once to compute overviews (full-width chunks): both grow the memory of the
+    # copy with the raster's size. Neither changes a byte of the COG nor slows it (both COGs of
+    # a 16384^2 run: 426 -> 278 MiB peak, 14.4 -> 13.2 s).
+    "GDAL_MAX_DATASET_POOL_SIZE": "16",
+    "GDAL_OVR_CHUNK_MAX_SIZE": str(2 << 20),
+}
+"""GDAL options of the COG copy (``GDAL_CACHEMAX`` as rasterio takes an int: in bytes)."""
+
+
+@contextmanager
+def cog_settings() -> Iterator[None]:
+    """The GDAL options of :func:`assemble_cog`, for this thread and the threads it starts.
+
+    rasterio sets the options of any thread but the main one for that thread only, where
+    GDAL's own worker threads do not see them: open this in the thread that starts the copies.
+    """
+    with rasterio.Env(**_COG_ENV):
+        yield
 
 
 def write_part(
@@ -117,7 +141,7 @@ def assemble_cog(
     vrt = dst.with_name(dst.name + ".vrt")
     vrt.write_text(_vrt_xml(grid, parts, dtype, nodata))
     try:
-        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", GDAL_CACHEMAX=256):
+        with cog_settings():
             rasterio.shutil.copy(
                 str(vrt),
                 str(dst),

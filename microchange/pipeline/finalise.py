@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from microchange.errors import MicrochangeError
-from microchange.io.cog import assemble_cog, read_part, write_part
+from microchange.io.cog import assemble_cog, cog_settings, read_part, write_part
 from microchange.io.manifest import code_version, library_versions, write_json_atomic
 from microchange.io.outdir import writing_outputs
 from microchange.io.publish import JOURNAL, complete_publish, publish_outputs, staged_outputs
@@ -110,7 +110,8 @@ def _write_cogs(plan: Plan, tmp: dict[str, Path]) -> None:
         assemble_cog(parts, plan.output_grid, tmp[name], dtype=dtype, nodata=nodata,
                      resampling=resampling)
 
-    ordered_map(cog, ["mask", "score"], available_cpus())
+    with cog_settings():
+        ordered_map(cog, ["mask", "score"], available_cpus())
 
 
 def _regions(plan: Plan) -> Regions:
