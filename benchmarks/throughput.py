@@ -1,7 +1,7 @@
 """Throughput and peak memory of each method against the I/O floor, for growing raster sizes.
 
 Usage: ``.venv/bin/python benchmarks/throughput.py [--sizes 1024,2048,4096,8192]
-[--methods cva,pca-kmeans] [--work DIR]``
+[--methods cva,pca-kmeans] [--work DIR]`` (``default`` in ``--methods``: the optical default)
 
 Inputs: synthetic 4-band uint16 pairs of N x N px (:func:`microchange.synthetic.make_scene`),
 written once as tiled (256 px), DEFLATE-compressed GeoTIFFs (the defaults of
@@ -39,7 +39,8 @@ Each measurement runs in a fresh Python process, which reports its own wall time
 of the RAM of decoded blocks, which shows up in the peak RSS of large rasters.
 
 Prints a Markdown table with the ratio pipeline/floor and writes it to ``out/bench/throughput.md``
-(and ``.json``). Reports, never asserts. ``regions`` (connected changed regions found) drives the
+(and ``.json``), then per method the peak RSS of each size and the ratio of the largest size's
+to the smallest's (memory must stay flat as rasters grow). Reports, never asserts. ``regions`` (connected changed regions found) drives the
 cost of the finalise stage; ``load 1m`` is the machine's load average when the run ended: timings
 taken while other work shares the cores are slower by about load / cores.
 """
@@ -294,10 +295,36 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _method_names(spec: str) -> list[str]:
+    """Methods of ``--methods``; ``default`` is the optical family's default method."""
+    from microchange.config import DetectConfig
+
+    default = DetectConfig().resolved_method()[0]
+    names = [default if m == "default" else m for m in spec.split(",")]
+    return list(dict.fromkeys(names))
+
+
+def memory_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Peak RSS of each method at each size and the ratio largest size / smallest size."""
+    sizes = sorted({r["size"] for r in rows})
+    ratio = f"{sizes[-1]}/{sizes[0]}"
+    columns = ["method", *(f"{s} MiB" for s in sizes), ratio]
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        peak = {r["size"]: r["peak RSS MiB"] for r in rows if r["method"] == method}
+        row: dict[str, Any] = {"method": method, **{f"{s} MiB": peak.get(s) for s in sizes}}
+        row[ratio] = (round(peak[sizes[-1]] / peak[sizes[0]], 3)
+                      if sizes[0] in peak and sizes[-1] in peak else None)
+        out.append(row)
+    return {"caption": f"Peak RSS of the whole run against raster size (ratio {ratio})",
+            "columns": columns, "rows": out}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1024,2048,4096,8192", help="comma-separated sides")
-    parser.add_argument("--methods", default="cva,pca-kmeans", help="comma-separated methods")
+    parser.add_argument("--methods", default="cva,pca-kmeans",
+                        help="comma-separated methods ('default': the optical default)")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp folder)")
     parser.add_argument("--report", default="out/bench", help="folder of throughput.md/.json")
     parser.add_argument("--gdal-cache", type=int, default=None,
@@ -315,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = [int(s) for s in args.sizes.split(",")]
     gc = args.gdal_cache
-    methods = args.methods.split(",")
+    methods = _method_names(args.methods)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="mc-throughput-"))
     work.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -362,8 +389,17 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
+    memory = memory_table(rows)
+    lines += ["", "| " + " | ".join(memory["columns"]) + " |", "|" + "---|" * len(memory["columns"])]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in memory["columns"]) + " |"
+              for r in memory["rows"]]
     table = "\n".join(lines)
     print(table)
+    for r in memory["rows"]:
+        peaks = ", ".join(f"{c[:-4]}: {_fmt(r[c])}" for c in memory["columns"][1:-1])
+        ratio = memory["columns"][-1]
+        print(f"{r['method']}: peak RSS MiB {peaks}; {ratio} = {_fmt(r[ratio])}",
+              file=sys.stderr)
     report = Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
     (report / "throughput.md").write_text(table + "\n")
@@ -373,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             "throughput", "Throughput and peak memory against the I/O floor",
             [{"caption": "Synthetic 4-band uint16 pairs of N x N px, 512 px tiles; floor = "
               "reading both inputs and writing both outputs as COGs",
-              "columns": list(COLUMNS), "rows": rows}],
+              "columns": list(COLUMNS), "rows": rows}, memory],
             notes="Each run in a fresh process; imports excluded; peak RSS from VmHWM.",
             argv=[sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
         print(f"results: {path}", file=sys.stderr)
