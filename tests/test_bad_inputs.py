@@ -84,6 +84,7 @@ def _make_inputs(d: Path) -> None:
     inf = np.full_like(after, np.inf)
     inf[:, ::2] = -np.inf
     write_tif(d / "all_inf.tif", inf)
+    write_tif(d / "beyond_float32.tif", after.astype("float64") * 1e300)
     raw = (d / "before.tif").read_bytes()
     (d / "truncated.tif").write_bytes(raw[: len(raw) * 6 // 10])  # header intact, pixels cut
     (d / "cut_header.tif").write_bytes(raw[:64])
@@ -186,6 +187,8 @@ CASES: dict[str, Case] = {
     "all-nodata": detect("{f}/all_nodata.tif", A, *CVA, says=("all_nodata.tif", "no valid pixel")),
     "all-nan": detect(B, "{f}/all_nan.tif", *CVA, says=("all_nan.tif", "no valid pixel")),
     "all-infinite": detect(B, "{f}/all_inf.tif", *CVA, says=("all_inf.tif", "no valid pixel")),
+    "float64-beyond-float32": detect(B, "{f}/beyond_float32.tif", *CVA,
+                                     says=("beyond_float32.tif", "float32 range", "rescale")),
     # -- absurd or non-numeric options ------------------------------------------------------
     "tile-size-negative": detect(B, A, "--method", "cva", "--tile-size", "-64",
                                  says=("--tile-size", "greater than or equal to 32")),

@@ -357,6 +357,32 @@ class PairReader(Closing):
             tile.halo,
         )
 
+    def beyond_float32(self, side: int = 512) -> str | None:
+        """Why values could not be read, if a date holds finite values beyond float32's range.
+
+        Values are computed in float32; larger float64 values become infinite and so invalid.
+        Looks at a central window of ``side`` px of each date as stored.
+
+        Returns:
+            A sentence naming the file, its largest value and the fix, or None.
+        """
+        limit = float(np.finfo(np.float32).max)
+        for role, path, ds in (("BEFORE", self.before_path, self._before),
+                               ("AFTER", self.after_path, self._after_src)):
+            if np.dtype(ds.dtypes[0]).itemsize <= 4 or ds.dtypes[0][0] != "f":
+                continue
+            h, w = min(side, ds.height), min(side, ds.width)
+            window = Window((ds.width - w) // 2, (ds.height - h) // 2, w, h)
+            with read_errors(path, role=role):
+                values = ds.read(list(self.bands), window=window)
+            big = np.abs(values[np.isfinite(values)])
+            if big.size and big.max() > limit:
+                return (f"{role} {path!r} holds values up to {big.max():.3g} ({ds.dtypes[0]}), "
+                        f"beyond the float32 range (+-{limit:.3g}) microchange computes in: "
+                        "rescale it (e.g. gdal_translate -ot Float32 -scale) or set those "
+                        "pixels to nodata")
+        return None
+
     def pixel_area_m2(self) -> float:
         """Area of one pixel in square metres (NaN without a CRS; approximate for lon/lat)."""
         g = self.grid

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from microchange.detector import build_detector
-from microchange.errors import NoOverlapError
+from microchange.errors import InputError, NoOverlapError
 from microchange.io.outdir import writing_outputs
 from microchange.parallel import DaskBlocks, LocalBlocks, SampleBlocks, available_cpus
 from microchange.pipeline.records import FitRecord, Plan, ThresholdRecord
@@ -58,6 +58,10 @@ def _load_sample(plan: Plan, halo: int, client: Any = None
         n = len(client.nthreads())
         where = f"dask ({n} worker{'' if n == 1 else 's'})"
     if not len(samples):
+        with plan.reader() as pair:
+            why = pair.beyond_float32()
+        if why is not None:
+            raise InputError(why)
         raise NoOverlapError(f"no valid pixel in {plan.before!r} and {plan.after!r} where both "
                              "overlap: check nodata values and footprints")
     return blocks, samples, where
