@@ -40,9 +40,10 @@ of the RAM of decoded blocks, which shows up in the peak RSS of large rasters.
 
 Prints a Markdown table with the ratio pipeline/floor and writes it to ``out/bench/throughput.md``
 (and ``.json``), then per method the peak RSS of each size and the ratio of the largest size's
-to the smallest's (memory must stay flat as rasters grow). Reports, never asserts. ``regions`` (connected changed regions found) drives the
-cost of the finalise stage; ``load 1m`` is the machine's load average when the run ended: timings
-taken while other work shares the cores are slower by about load / cores.
+to the smallest's (memory must stay flat as rasters grow). Reports, never asserts. ``regions``
+(connected changed regions found) drives the cost of the finalise stage; ``load 1m`` is the
+machine's load average when the run ended: timings taken while other work shares the cores are
+slower by about load / cores.
 """
 
 from __future__ import annotations

@@ -13,11 +13,9 @@ from microchange.flows.runners import dask_task_runner, gpu_annotation, task_slo
 from microchange.io.outdir import check_output_path
 from microchange.parallel import available_cpus
 from microchange.pipeline import discard_run, tile_batches
+from microchange.pipeline.score import TASKS_PER_SLOT
 from microchange.tasks.detect import finalise_outputs, fit_on_sample, plan_tiles, score_tiles
 from microchange.tasks.publish import publish_run_summary
-
-TASKS_PER_SLOT = 2
-"""Scoring tasks per task-runner slot (thread or Dask worker thread): enough to balance."""
 
 
 @flow(name="detect-changes", log_prints=True,

@@ -31,7 +31,7 @@ from prefect_dask.task_runners import DaskTaskRunner
 from microchange.config import DetectConfig
 from microchange.errors import ConfigError
 from microchange.features.devices import cuda_available, may_use_cuda, runs_on_cuda
-from microchange.parallel import GPU_RESOURCE, available_cpus, usable_cores
+from microchange.parallel import GPU_RESOURCE, available_cpus, has_gpu_workers, usable_cores
 
 ADDRESS_ENV = "MICROCHANGE_DASK_ADDRESS"
 WORKERS_ENV = "MICROCHANGE_DASK_WORKERS"
@@ -252,8 +252,7 @@ def gpu_annotation(config: DetectConfig | None,
     client = client or _flow_dask_client()
     if client is None:
         return nullcontext()
-    workers = client.scheduler_info()["workers"].values()
-    if not any(w.get("resources", {}).get(GPU_RESOURCE) for w in workers):
+    if not has_gpu_workers(client):
         if runs_on_cuda(config):
             log.warning("the network runs on CUDA but no worker of the Dask cluster declares a "
                         "%r resource (e.g. `dask worker --resources GPU=1`): tile tasks are not "

@@ -29,11 +29,18 @@ from numpy.typing import NDArray
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ("GPU_RESOURCE", "DaskBlocks", "LocalBlocks", "SampleBlocks", "SampleStatistic", "SwitchedStatistic",
-           "available_cpus", "cluster_client", "ordered_map", "usable_cores")
+__all__ = ("GPU_RESOURCE", "DaskBlocks", "LocalBlocks", "SampleBlocks", "SampleStatistic",
+           "SwitchedStatistic", "available_cpus", "cluster_client", "has_gpu_workers",
+           "ordered_map", "usable_cores")
 
 GPU_RESOURCE = "GPU"
 """Dask worker resource a worker with a GPU declares; deep tile tasks ask for one."""
+
+
+def has_gpu_workers(client: Client) -> bool:
+    """Whether a worker of ``client``'s cluster declares a :data:`GPU_RESOURCE`."""
+    workers = client.scheduler_info()["workers"].values()
+    return any(w.get("resources", {}).get(GPU_RESOURCE) for w in workers)
 
 T = TypeVar("T")
 U = TypeVar("U")

@@ -369,7 +369,7 @@ class PairReader(Closing):
         limit = float(np.finfo(np.float32).max)
         for role, path, ds in (("BEFORE", self.before_path, self._before),
                                ("AFTER", self.after_path, self._after_src)):
-            if np.dtype(ds.dtypes[0]).itemsize <= 4 or ds.dtypes[0][0] != "f":
+            if ds.dtypes[0] != "float64":
                 continue
             h, w = min(side, ds.height), min(side, ds.width)
             window = Window((ds.width - w) // 2, (ds.height - h) // 2, w, h)

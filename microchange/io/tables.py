@@ -75,7 +75,7 @@ def write_geoparquet(
         crs_wkt: CRS as WKT, or None when the coordinates are plain pixel positions.
         schema: Optional Arrow schema of the attribute columns (for empty tables).
     """
-    is_wkb = any(isinstance(g, bytes) for g in geometries[:1])
+    is_wkb = bool(geometries) and isinstance(geometries[0], bytes)
     wkb: Sequence[Any] = geometries if is_wkb or not geometries else shapely.to_wkb(
         np.asarray(geometries, dtype=object), output_dimension=2)
     data: dict[str, Any] = {}

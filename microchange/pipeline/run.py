@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 from microchange.config import DetectConfig
 from microchange.errors import InputError
 from microchange.features.devices import may_use_cuda
-from microchange.parallel import GPU_RESOURCE, available_cpus
+from microchange.parallel import GPU_RESOURCE, available_cpus, has_gpu_workers
 from microchange.pipeline.finalise import finalise_detection
 from microchange.pipeline.fit import fit_detection
 from microchange.pipeline.plan import plan_detection
 from microchange.pipeline.records import Plan
-from microchange.pipeline.score import score_tiles, tile_batches
+from microchange.pipeline.score import TASKS_PER_SLOT, score_tiles, tile_batches
 from microchange.types import PathLike
 
 if TYPE_CHECKING:
@@ -82,10 +82,6 @@ def run_detection(
         raise
 
 
-TASKS_PER_THREAD = 2
-"""Scoring tasks per worker thread of a cluster: enough to balance, few enough to cost nothing."""
-
-
 def _score_on_cluster(plan: str, client: Client, progress: Callable[[int], None]) -> None:
     """Score every tile on the cluster, a few tile groups per worker thread.
 
@@ -94,10 +90,8 @@ def _score_on_cluster(plan: str, client: Client, progress: Callable[[int], None]
     from distributed import as_completed
 
     slots = max(1, sum(client.nthreads().values()))  # type: ignore[no-untyped-call]
-    groups = tile_batches(plan, groups=TASKS_PER_THREAD * slots)
-    workers = client.scheduler_info()["workers"].values()
-    gpus = may_use_cuda(Plan.load(plan).config) and any(
-        w.get("resources", {}).get(GPU_RESOURCE) for w in workers)
+    groups = tile_batches(plan, groups=TASKS_PER_SLOT * slots)
+    gpus = may_use_cuda(Plan.load(plan).config) and has_gpu_workers(client)
     futures = client.map(score_tiles, [plan] * len(groups), groups, pure=False,
                          resources={GPU_RESOURCE: 1} if gpus else None)
     sizes = {f.key: len(g) for f, g in zip(futures, groups, strict=True)}

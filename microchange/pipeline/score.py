@@ -19,9 +19,14 @@ from microchange.pipeline.records import FitRecord, Plan, TileStats
 from microchange.scoring.mask import make_mask
 from microchange.types import MaskValue, PathLike
 
-__all__ = ("score_tiles", "tile_batches")
+__all__ = ("TASKS_PER_SLOT", "score_tiles", "tile_batches")
 
 Progress = Callable[[int], None]
+
+TASKS_PER_SLOT = 2
+"""Scoring tasks per slot of a task runner or cluster (a thread or a Dask worker thread), as
+``tile_batches(plan, groups=TASKS_PER_SLOT * slots)``: enough to balance the load, few enough
+that the orchestration overhead per task does not count."""
 
 
 def tile_batches(plan_path: PathLike, *, groups: int | None = None) -> list[list[int]]:

@@ -78,18 +78,6 @@ class Regions:
     def __len__(self) -> int:
         return len(self.wkb)
 
-    @property
-    def geometry(self) -> list[Any]:
-        """The regions as shapely geometries (decoded from :attr:`wkb`)."""
-        return list(shapely.from_wkb(np.asarray(self.wkb, dtype=object))) if self.wkb else []
-
-    @property
-    def tile_ids(self) -> list[list[int]]:
-        """Every tile id each region touches, sorted."""
-        cut = self.tile_offsets.tolist()
-        values = self.tile_values.tolist()
-        return [values[a:b] for a, b in pairwise(cut)]
-
 
 class _Linker:
     """Labels tile cores one by one and records which labels touch across tile edges."""
